@@ -1,0 +1,196 @@
+"""The published I-JEPA checkpoints (facebookresearch/ijepa README, "Pretrained models").
+
+Each entry gives what builds the model without reading the file (architecture, patch, resolution, the
+predictor of its training config) and what identifies the file (name, URL, rough size). The IN-22K file names
+count ImageNet-1K-equivalent epochs (900e, 600e); the README lists 66 and 44 ImageNet-22K epochs.
+
+Sizes are estimates from parameter counts (fp32 context and target encoders, predictor, AdamW's two moments),
+not published numbers; they only serve a plausibility check.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..models.vit import IMAGENET_MEAN, IMAGENET_STD, VIT_SIZES
+from .native import CheckpointNotFoundError, InteropError
+
+BASE_URL = "https://dl.fbaipublicfiles.com/ijepa/"
+CACHE_ENV = "IJEPA_HOME"
+DEFAULT_CACHE = Path("~/.cache/ijepa")
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    name: str
+    arch: str              # a key of VIT_SIZES
+    patch_size: int
+    resolution: int
+    data: str
+    epochs: int
+    filename: str
+    approx_gb: float       # estimated full-checkpoint size, decimal GB
+    pred_depth: int
+    pred_emb_dim: int
+    config: str            # the shipped config that trained it
+    timm_name: str         # timm's name for the same weights (its port takes `encoder`)
+
+    @property
+    def url(self) -> str:
+        return BASE_URL + self.filename
+
+    def encoder_arch(self) -> dict[str, Any]:
+        dim, depth, heads, mlp = VIT_SIZES[self.arch]
+        return {"img_size": (self.resolution, self.resolution), "patch_size": self.patch_size, "in_chans": 3,
+                "embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": mlp, "qkv_bias": True,
+                "norm_eps": 1e-6}
+
+    def predictor_arch(self) -> dict[str, Any]:
+        # The reference's predictor takes the encoder's head count; its width and depth come from the config.
+        dim, _, heads, _ = VIT_SIZES[self.arch]
+        g = self.resolution // self.patch_size
+        return {"grid_size": (g, g), "embed_dim": dim, "predictor_embed_dim": self.pred_emb_dim,
+                "depth": self.pred_depth, "num_heads": heads, "mlp_ratio": 4.0, "qkv_bias": True,
+                "norm_eps": 1e-6}
+
+    def input_spec(self) -> dict[str, Any]:
+        return {"image_size": (self.resolution, self.resolution), "in_chans": 3, "mean": IMAGENET_MEAN,
+                "std": IMAGENET_STD}
+
+    def min_plausible_bytes(self) -> int:
+        """An encoder alone in 16-bit: anything smaller cannot hold this model."""
+        dim, depth, _, mlp = VIT_SIZES[self.arch]
+        per_block = 4 * dim * dim + 2 * dim * int(dim * mlp)
+        return int(0.9 * 2 * depth * per_block)
+
+
+PUBLISHED: dict[str, PublishedModel] = {m.name: m for m in (
+    PublishedModel("vith14-in1k", "vit_huge", 14, 224, "ImageNet-1K", 300, "IN1K-vit.h.14-300e.pth.tar",
+                   10.4, 12, 384, "in1k_vith14_ep300", "vit_huge_patch14_gap_224.in1k_ijepa"),
+    PublishedModel("vith16-448-in1k", "vit_huge", 16, 448, "ImageNet-1K", 300,
+                   "IN1K-vit.h.16-448px-300e.pth.tar", 10.4, 12, 384, "in1k_vith16-448_ep300",
+                   "vit_huge_patch16_gap_448.in1k_ijepa"),
+    PublishedModel("vith14-in22k", "vit_huge", 14, 224, "ImageNet-22K", 66, "IN22K-vit.h.14-900e.pth.tar",
+                   10.4, 12, 384, "in22k_vith14_ep66", "vit_huge_patch14_gap_224.in22k_ijepa"),
+    PublishedModel("vitg16-in22k", "vit_giant", 16, 224, "ImageNet-22K", 44, "IN22K-vit.g.16-600e.pth.tar",
+                   16.5, 16, 384, "in22k_vitg16_ep44", "vit_giant_patch16_gap_224.in22k_ijepa"),
+)}
+
+
+def get(name: str) -> PublishedModel:
+    key = name.lower()
+    for m in PUBLISHED.values():
+        if key in (m.name, m.filename.lower(), m.timm_name):
+            return m
+    raise InteropError(f"unknown published model {name!r}; choose from {', '.join(PUBLISHED)}")
+
+
+def is_name(name: Any) -> bool:
+    try:
+        get(str(name))
+        return True
+    except InteropError:
+        return False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
+def describe() -> str:
+    """A table of the published models."""
+    rows = [f"{'name':<16} {'arch':<9} {'patch':>5} {'res':>4} {'data':<12} {'epochs':>6} {'~GB':>5}  file"]
+    for m in PUBLISHED.values():
+        rows.append(f"{m.name:<16} {m.arch:<9} {m.patch_size:>5} {m.resolution:>4} {m.data:<12} "
+                    f"{m.epochs:>6} {m.approx_gb:>5.1f}  {m.filename}")
+    return "\n".join(rows)
+
+
+def check_file(name: str, path: str | os.PathLike) -> Path:
+    """Warn (never fail) when ``path`` does not look like ``name``'s file: another file name, or a size no
+    checkpoint of this model can have. Returns the path."""
+    m = get(name)
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointNotFoundError(f"no checkpoint at {p} for {m.name}; download it with "
+                                      f"ijepa.interop.download({m.name!r}) or from {m.url}")
+    if p.is_file():
+        if p.name != m.filename:
+            warnings.warn(f"{p.name} is not the published file name for {m.name} ({m.filename}); loading it "
+                          f"with {m.name}'s architecture anyway", stacklevel=3)
+        size = p.stat().st_size
+        if size < m.min_plausible_bytes() or size > 1.5e9 * m.approx_gb:
+            warnings.warn(f"{p} is {size / 1e9:.2f} GB; {m.name}'s full checkpoint is about {m.approx_gb} GB "
+                          "(an encoder alone in fp32 about a quarter of that): is it the right file, and "
+                          "complete?", stacklevel=3)
+    return p
+
+
+def resolve_path(name: str, path: str | os.PathLike | None) -> Path:
+    m = get(name)
+    if path is not None:
+        return check_file(name, path)
+    cached = cache_dir() / m.filename
+    if cached.is_file():
+        return check_file(name, cached)
+    raise CheckpointNotFoundError(
+        f"{m.name}: no path given and {cached} does not exist. Download {m.url} (about {m.approx_gb} GB) "
+        f"and pass path=..., or run ijepa.interop.download({m.name!r}) to fetch it to {cache_dir()} "
+        f"(${CACHE_ENV})")
+
+
+def load_published(name: str, path: str | os.PathLike | None = None, **kwargs: Any):
+    """``ijepa.interop.load`` with the registry's architecture; ``path`` may be the reference file or any
+    export of it that ``load`` reads."""
+    from .load import load
+
+    m = get(name)
+    p = resolve_path(name, path)
+    if kwargs.get("arch") is None:
+        kwargs["arch"] = {"encoder": m.encoder_arch(), "predictor": m.predictor_arch()}
+    out = load(p, **kwargs)
+    enc = out[0] if isinstance(out, tuple) else out
+    enc.source = f"{m.name}: {enc.source}"
+    return out
+
+
+def download(name: str, dest: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
+    """Fetch ``name``'s checkpoint to ``dest`` (a folder; default ``$IJEPA_HOME`` or ~/.cache/ijepa). Needs a
+    network; skipped when the file is already there. Writes ``<file>.part`` and renames at the end, so an
+    interrupted download is never mistaken for a checkpoint."""
+    m = get(name)
+    folder = Path(dest).expanduser() if dest is not None else cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / m.filename
+    if target.is_file():
+        return target
+    part = target.with_name(target.name + ".part")
+    last = [-1]
+
+    def hook(blocks: int, block_size: int, total: int) -> None:
+        if not progress or total <= 0:
+            return
+        pct = min(100, blocks * block_size * 100 // total)
+        if pct != last[0] and pct % 5 == 0:
+            last[0] = pct
+            print(f"\r{m.filename}: {pct}% of {total / 1e9:.1f} GB", end="", file=sys.stderr, flush=True)
+
+    try:
+        urllib.request.urlretrieve(m.url, part, reporthook=hook)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if progress:
+        print(file=sys.stderr)
+    os.replace(part, target)
+    return target
+
+
+__all__ = ["PUBLISHED", "PublishedModel", "cache_dir", "check_file", "describe", "download", "get", "is_name",
+           "load_published"]

@@ -1,0 +1,451 @@
+"""Multi-block mask sampling for I-JEPA: one or more large context blocks and several target blocks per image.
+
+Masks are LongTensors of patch ids on an H×W patch grid, row-major (``id = row * W + col``), sorted ascending
+within each row; every mask at the same mask index has the same length across the batch, so it stacks into a
+``(B, K)`` tensor.
+
+Two modes:
+
+``"reference"``
+    Reproduces ``MaskCollator`` of facebookresearch/ijepa (``src/masks/multiblock.py``) draw for draw, defects
+    included, for bit-exact comparisons with the published recipe. The one necessary change: the reference
+    takes block sizes from a seeded ``torch.Generator`` but block positions from the *global* RNG; here both
+    come from the generator passed in, positions right after the two size draws, in the reference's order. It
+    therefore equals the reference run with its global RNG and ``g`` being one and the same stream.
+``"default"``
+    The corrected sampler, vectorised over the batch. It fixes the reference's known defects:
+
+    * positions exclude the last patch row/column (``randint`` upper bound is exclusive; ijepa #40, #59), and
+      ``while h >= height`` shrinks a full-height block, so at 16×16 the context is always the top-left 15×15;
+    * scale and aspect ratio come from one shared uniform draw, so only a handful of target shapes ever occur;
+    * every context mask is truncated to the batch's shortest, which drops about a third of the context
+      patches, always the highest ids (bottom rows; ijepa #60);
+    * a target block of at most ``min_keep`` patches makes the rejection loop spin forever (ijepa #68).
+
+The sampler never touches the global RNG: the training loop passes a generator it seeds from (seed, rank,
+step), which gives exact resume and per-rank geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["MaskConfig", "MultiBlockMaskSampler"]
+
+_MODES = ("default", "reference")
+# Re-draws of the failing images' positions before giving up (default mode). Workable configs need a redraw
+# for a small fraction of images, so failing 100 in a row means the config is hopeless, not unlucky.
+_MAX_TRIES = 100
+# The reference's rejection loop relaxes the acceptable regions after this many consecutive failures.
+_REF_TIMEOUT = 20
+# Elements per op below which torch stays single-threaded (half its GRAIN_SIZE of 32768, for margin).
+_SERIAL_NUMEL = 16384
+# Bits used per int64 word of a packed patch row: every word stays non-negative and 1 << _WORD fits.
+_WORD = 62
+# Resolution of the draw grids used to decide at construction whether a config can work at all.
+_GRID_POINTS = 257
+
+
+def _float_pair(name: str, value: object, *, upper: float | None) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"MaskConfig.{name} must be a pair of numbers (low, high), got {value!r}") from e
+    if not (0.0 < lo <= hi) or (upper is not None and hi > upper) or not math.isfinite(hi):
+        bound = f"0 < low <= high <= {upper}" if upper is not None else "0 < low <= high < inf"
+        raise ValueError(f"MaskConfig.{name} must satisfy {bound}, got {value!r}")
+    return (lo, hi)
+
+
+def _int_field(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"MaskConfig.{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass
+class MaskConfig:
+    """Multi-block masking hyper-parameters (defaults: the reference's ImageNet recipe).
+
+    Scales are fractions of the whole grid; ``aspect_ratio`` (height / width) applies to target blocks only,
+    the context block is square as in the reference. ``min_keep`` is the least number of patches a context
+    mask must keep after the targets are removed from it. Lists (from YAML) are accepted, stored as tuples.
+    """
+
+    mode: str = "default"
+    num_enc_masks: int = 1
+    num_pred_masks: int = 4
+    enc_mask_scale: tuple[float, float] = (0.85, 1.0)
+    pred_mask_scale: tuple[float, float] = (0.15, 0.2)
+    aspect_ratio: tuple[float, float] = (0.75, 1.5)
+    min_keep: int = 10
+    allow_overlap: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"MaskConfig.mode must be one of {_MODES}, got {self.mode!r}")
+        self.num_enc_masks = _int_field("num_enc_masks", self.num_enc_masks, 1)
+        self.num_pred_masks = _int_field("num_pred_masks", self.num_pred_masks, 1)
+        self.min_keep = _int_field("min_keep", self.min_keep, 0)
+        self.enc_mask_scale = _float_pair("enc_mask_scale", self.enc_mask_scale, upper=1.0)
+        self.pred_mask_scale = _float_pair("pred_mask_scale", self.pred_mask_scale, upper=1.0)
+        self.aspect_ratio = _float_pair("aspect_ratio", self.aspect_ratio, upper=None)
+        if not isinstance(self.allow_overlap, bool):
+            raise ValueError(f"MaskConfig.allow_overlap must be a bool, got {self.allow_overlap!r}")
+
+
+class MultiBlockMaskSampler:
+    """Samples I-JEPA context and target masks for a batch on a ``grid_size`` patch grid.
+
+    All randomness comes from the generator given to :meth:`__call__` (a CPU ``torch.Generator``), so the
+    output is a pure function of the generator's state. Configs that can never produce valid masks raise
+    ``ValueError`` here; configs that fail by bad luck raise ``ValueError`` at sampling time after a bounded
+    number of retries (default mode) or where the reference would loop forever (reference mode).
+    """
+
+    def __init__(self, grid_size: int | Sequence[int], cfg: MaskConfig | None = None):
+        if isinstance(grid_size, int) and not isinstance(grid_size, bool):
+            grid_size = (grid_size, grid_size)
+        try:
+            height, width = (int(v) for v in grid_size)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"grid_size must be an int or a pair of ints, got {grid_size!r}") from e
+        if height < 1 or width < 1:
+            raise ValueError(f"grid_size must be positive, got {grid_size!r}")
+        # A private copy: the geometry checks below must stay true of the config actually used.
+        self.cfg = dataclasses.replace(cfg) if cfg is not None else MaskConfig()
+        self.height, self.width = height, width
+        self.num_patches = height * width
+        self._words = -(-width // _WORD)
+        if self.cfg.min_keep > self.num_patches:
+            raise ValueError(
+                f"min_keep={self.cfg.min_keep} exceeds the {height}x{width} grid's {self.num_patches} patches"
+            )
+        if self.cfg.mode == "reference":
+            self._check_reference_geometry()
+        else:
+            self._check_default_geometry()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(grid_size=({self.height}, {self.width}), cfg={self.cfg!r})"
+
+    def __call__(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Returns (masks_enc, masks_pred): lists of length num_enc_masks / num_pred_masks of LongTensor
+        (batch_size, K_i), patch ids sorted ascending within each row (the reference returns them sorted)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if self.cfg.mode == "reference":
+            return self._sample_reference(batch_size, generator)
+        return self._sample_default(batch_size, generator)
+
+    # ------------------------------------------------------------------ default (corrected) mode
+
+    def _block_hw(self, scale: torch.Tensor, aspect: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block height/width for scale s and aspect a: h·w ≈ s·N, h/w ≈ a, clamped to the grid."""
+        area = scale * self.num_patches
+        h = torch.sqrt(area * aspect).round().long().clamp(1, self.height)
+        w = torch.sqrt(area / aspect).round().long().clamp(1, self.width)
+        return h, w
+
+    def _check_default_geometry(self) -> None:
+        """Raise if some draw of block sizes leaves no valid placement at all.
+
+        Sizes are drawn once per batch, so such a draw would fail whatever the re-draws of positions, at a
+        random step of a long run; better to refuse the config now. Bad luck in placement (several targets
+        covering the context) is left to the sampler's bounded retries. Evaluated on a fine grid of the
+        scale/aspect draws, in NumPy: this runs once on tiny arrays, where torch's per-op threading overhead
+        dominates on a busy machine.
+        """
+        cfg = self.cfg
+        u = np.linspace(0.0, 1.0, _GRID_POINTS)
+        ctx = self._unique_hw_np(_lerp(cfg.enc_mask_scale, u), np.ones_like(u))
+        ctx_area = ctx[:, 0] * ctx[:, 1]
+        if int(ctx_area.min()) < cfg.min_keep:
+            raise ValueError(
+                f"enc_mask_scale={cfg.enc_mask_scale} gives context blocks as small as {int(ctx_area.min())} "
+                f"patches on a {self.height}x{self.width} grid, fewer than min_keep={cfg.min_keep}"
+            )
+        if cfg.allow_overlap:
+            return
+        s, a = np.meshgrid(_lerp(cfg.pred_mask_scale, u), _lerp(cfg.aspect_ratio, u), indexing="ij")
+        tgt = self._unique_hw_np(s.ravel(), a.ravel())
+        # A target and the context must overlap by at least this much, wherever they land; the context keeps
+        # at most its area minus that (all targets piled on the least harmful spot).
+        over_h = np.maximum(tgt[None, :, 0] + ctx[:, None, 0] - self.height, 0)
+        over_w = np.maximum(tgt[None, :, 1] + ctx[:, None, 1] - self.width, 0)
+        best_keep = ctx_area[:, None] - over_h * over_w  # (contexts, targets)
+        i, j = np.unravel_index(np.argmin(best_keep), best_keep.shape)
+        if int(best_keep[i, j]) < cfg.min_keep:
+            raise ValueError(
+                f"a {tgt[j, 0]}x{tgt[j, 1]} target block (pred_mask_scale={cfg.pred_mask_scale}, "
+                f"aspect_ratio={cfg.aspect_ratio}) leaves a {ctx[i, 0]}x{ctx[i, 1]} context block "
+                f"(enc_mask_scale={cfg.enc_mask_scale}) at most {int(best_keep[i, j])} patches of the "
+                f"{self.height}x{self.width} grid, fewer than min_keep={cfg.min_keep}; lower min_keep or the "
+                "target scale, or set allow_overlap=True"
+            )
+
+    def _unique_hw_np(self, scale: np.ndarray, aspect: np.ndarray) -> np.ndarray:
+        """Distinct block sizes (K, 2) over arrays of draws; same formula as :meth:`_block_hw`."""
+        area = scale * self.num_patches
+        h = np.clip(np.round(np.sqrt(area * aspect)), 1, self.height).astype(np.int64)
+        w = np.clip(np.round(np.sqrt(area / aspect)), 1, self.width).astype(np.int64)
+        key = np.unique(h * (self.width + 1) + w)
+        return np.stack([key // (self.width + 1), key % (self.width + 1)], 1)
+
+    # Geometry runs on bit-packed rows: each patch row is ``_WORD``-bit words of an int64, so a batch of
+    # blocks is (B, K, H, words) instead of (B, K, H, W). Besides being ~W times smaller, that keeps tensors
+    # under torch's intra-op parallelism threshold: on a busy CPU (data workers beside the training loop)
+    # each multi-threaded op can stall for milliseconds, which made an unpacked version ~20x slower there.
+
+    def _interval_bits(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Packed columns [lo, hi) as (..., words) int64 from (...) bounds."""
+        base = torch.arange(self._words) * _WORD
+        a = (lo[..., None] - base).clamp(0, _WORD)
+        b = (hi[..., None] - base).clamp(0, _WORD)
+        one = torch.ones_like(a)
+        return torch.bitwise_left_shift(one, b) - torch.bitwise_left_shift(one, a)
+
+    def _packed_blocks(
+        self, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        """Packed block masks (n, K, H, words) from (n, K) corners and (K,) sizes."""
+        rows = torch.arange(self.height)
+        in_rows = (rows >= top[..., None]) & (rows < (top + h)[..., None])  # (n, K, H)
+        cols = self._interval_bits(left, left + w)  # (n, K, words)
+        return torch.where(in_rows[..., None], cols[..., None, :], 0)
+
+    def _packed_context(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Packed context masks (n, E, H, words): context blocks minus every target (targets come first)."""
+        npred = self.cfg.num_pred_masks
+        ctx = blocks[:, npred:]
+        if not self.cfg.allow_overlap:
+            union = blocks[:, 0]
+            for k in range(1, npred):
+                union = union | blocks[:, k]
+            ctx = ctx & ~union[:, None]
+        return ctx
+
+    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(n, H, words) packed rows -> (n, H*W) bool."""
+        col = torch.arange(self.width)
+        if self._words > 1:
+            packed = packed.index_select(-1, col // _WORD)
+        # two broadcast ops over (n, H, W) rather than shift-then-mask: fewer passes over the biggest tensor
+        return (packed & torch.bitwise_left_shift(torch.ones_like(col), col % _WORD) != 0).flatten(-2)
+
+    def _positions(
+        self, n: int, h: torch.Tensor, w: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform corners over the whole grid, both ends inclusive: top ∈ [0, H−h], left ∈ [0, W−w]."""
+        u = torch.rand(n, h.numel(), 2, generator=g, dtype=torch.float64)
+        top_span, left_span = self.height - h + 1, self.width - w + 1
+        # clamp: guards the (theoretical) u·span rounding up to span
+        top = torch.minimum((u[..., 0] * top_span).long(), top_span - 1)
+        left = torch.minimum((u[..., 1] * left_span).long(), left_span - 1)
+        return top, left
+
+    def _sample_default(
+        self, batch_size: int, g: torch.Generator
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        cfg = self.cfg
+        npred, nenc = cfg.num_pred_masks, cfg.num_enc_masks
+        # Sizes: one target size per batch shared by all target blocks, as in the reference — every target mask
+        # then has the same length, so the predictor runs all of them as one batch and no target patch is cut —
+        # but with scale and aspect from independent draws. The context block is square, as in the reference.
+        su = torch.rand(2, generator=g, dtype=torch.float64)
+        th, tw = self._block_hw(_lerp(cfg.pred_mask_scale, su[:1]), _lerp(cfg.aspect_ratio, su[1:]))
+        th, tw = th.expand(npred), tw.expand(npred)
+        cu = torch.rand(nenc, generator=g, dtype=torch.float64)
+        ch, cw = self._block_hw(_lerp(cfg.enc_mask_scale, cu), torch.ones_like(cu))
+        h, w = torch.cat([th, ch]), torch.cat([tw, cw])
+
+        top, left = self._positions(batch_size, h, w, g)
+        ctx = self._packed_context(self._packed_blocks(top, left, h, w))
+        keep = _popcount(ctx).sum((-2, -1))  # (B, nenc)
+        failing = (keep < cfg.min_keep).any(1).nonzero().squeeze(1)
+        tries = 0
+        # Rejection on whole images (targets and contexts together), vectorised over the failing ones only:
+        # the accepted geometry is uniform over the valid placements.
+        while failing.numel() and tries < _MAX_TRIES:
+            tries += 1
+            t, l_ = self._positions(failing.numel(), h, w, g)
+            top[failing], left[failing] = t, l_
+            sub = self._packed_context(self._packed_blocks(t, l_, h, w))
+            ctx[failing] = sub
+            sub_keep = _popcount(sub).sum((-2, -1))
+            keep[failing] = sub_keep
+            failing = failing[(sub_keep < cfg.min_keep).any(1)]
+        if failing.numel():
+            raise ValueError(
+                f"could not place {npred} target blocks of sizes {list(zip(th.tolist(), tw.tolist()))} "
+                f"and context blocks of sizes {list(zip(ch.tolist(), cw.tolist()))} on a "
+                f"{self.height}x{self.width} grid leaving min_keep={cfg.min_keep} context patches for "
+                f"{failing.numel()} image(s) after {_MAX_TRIES} re-draws; lower min_keep, num_pred_masks or "
+                "pred_mask_scale, or set allow_overlap=True"
+            )
+
+        masks_pred = []
+        for k in range(npred):
+            # Row-major offsets inside the block: ids come out sorted without a sort.
+            dr = torch.arange(int(th[k]))[None, :, None]
+            dc = torch.arange(int(tw[k]))[None, None, :]
+            ids = (top[:, k, None, None] + dr) * self.width + left[:, k, None, None] + dc
+            masks_pred.append(ids.reshape(batch_size, -1))
+
+        masks_enc = []
+        # The per-patch work runs on slices of the batch small enough for torch to keep each op on one thread
+        # (see the note on packed rows): a few slices at the recipe's sizes, each vectorised.
+        step = max(1, _SERIAL_NUMEL // self.num_patches)
+        for e in range(nenc):
+            length = int(keep[:, e].min())
+            exact = bool((keep[:, e] == length).all())
+            parts = []
+            for start in range(0, batch_size, step):
+                m = self._unpack(ctx[start : start + step, e])
+                if exact:
+                    # nonzero walks row-major, so each image's ids come out ascending.
+                    parts.append(m.nonzero()[:, 1].reshape(-1, length))
+                    continue
+                # Equal lengths by a uniformly random subset of each context (never by dropping the highest
+                # ids): the `length` smallest of i.i.d. uniform keys, non-context patches keyed out of reach.
+                keys = torch.rand(m.shape, generator=g).masked_fill_(~m, 2.0)
+                ids = keys.topk(length, dim=1, largest=False, sorted=False).indices
+                parts.append(ids.sort(dim=1).values)
+            masks_enc.append(torch.cat(parts))
+        return masks_enc, masks_pred
+
+    # ------------------------------------------------------------------ reference mode
+
+    def _reference_size(
+        self, rand: float, scale: tuple[float, float], aspect: tuple[float, float]
+    ) -> tuple[int, int]:
+        """The reference's block size for its one uniform draw ``rand`` (shared by scale and aspect)."""
+        mask_scale = scale[0] + rand * (scale[1] - scale[0])
+        max_keep = int(self.height * self.width * mask_scale)
+        aspect_ratio = aspect[0] + rand * (aspect[1] - aspect[0])
+        h = int(round(math.sqrt(max_keep * aspect_ratio)))
+        w = int(round(math.sqrt(max_keep / aspect_ratio)))
+        # The reference decrements one at a time; min() is the same and cannot spin.
+        return min(h, self.height - 1), min(w, self.width - 1)
+
+    def _check_reference_geometry(self) -> None:
+        """Raise if some draw would make the reference's rejection loop spin forever (ijepa #68).
+
+        The reference accepts a block only with more than ``min_keep`` patches. Target blocks are never
+        constrained, and context blocks are eventually unconstrained, so a draw hangs exactly when a block's
+        h·w <= min_keep. Checked over a fine grid of the single shared draw; :meth:`_sample_reference`
+        re-checks the actual draw.
+        """
+        cfg = self.cfg
+        for name, scale, aspect in (
+            ("target", cfg.pred_mask_scale, cfg.aspect_ratio),
+            ("context", cfg.enc_mask_scale, (1.0, 1.0)),
+        ):
+            for i in range(_GRID_POINTS * 16):
+                h, w = self._reference_size(i / (_GRID_POINTS * 16), scale, aspect)
+                if h * w <= cfg.min_keep:
+                    raise ValueError(self._reference_hang_message(name, h, w))
+
+    def _reference_hang_message(self, name: str, h: int, w: int) -> str:
+        return (
+            f"mode='reference': a {name} block of {h}x{w}={max(h, 0) * max(w, 0)} patches on a "
+            f"{self.height}x{self.width} grid is not larger than min_keep={self.cfg.min_keep}; the reference "
+            "sampler would loop forever (facebookresearch/ijepa #68). Lower min_keep, raise the mask scales, "
+            "or use mode='default'"
+        )
+
+    def _reference_place(
+        self, h: int, w: int, regions: torch.Tensor | None, g: torch.Generator
+    ) -> tuple[torch.Tensor, int, int]:
+        """One block by the reference's rejection loop. ``regions`` (R, H, W) bool: acceptable regions.
+
+        Returns the boolean (H, W) mask and the corner. Same draws as the reference: top then left, with
+        exclusive upper bounds H−h and W−w, repeated until the constrained block has more than min_keep
+        patches; every ``_REF_TIMEOUT`` failures the last acceptable region is dropped.
+        """
+        tries, timeout = 0, _REF_TIMEOUT
+        while True:
+            top = int(torch.randint(0, self.height - h, (1,), generator=g))
+            left = int(torch.randint(0, self.width - w, (1,), generator=g))
+            mask = torch.zeros(self.height, self.width, dtype=torch.bool)
+            mask[top : top + h, left : left + w] = True
+            if regions is not None:
+                n = max(regions.shape[0] - tries, 0)
+                if n:
+                    mask &= regions[:n].all(0)
+            if int(mask.sum()) > self.cfg.min_keep:
+                return mask, top, left
+            timeout -= 1
+            if timeout == 0:
+                tries += 1
+                timeout = _REF_TIMEOUT
+
+    def _sample_reference(
+        self, batch_size: int, g: torch.Generator
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        cfg = self.cfg
+        p_h, p_w = self._reference_size(
+            torch.rand(1, generator=g).item(), cfg.pred_mask_scale, cfg.aspect_ratio
+        )
+        e_h, e_w = self._reference_size(torch.rand(1, generator=g).item(), cfg.enc_mask_scale, (1.0, 1.0))
+        # Construction checked a grid of draws; this catches a draw between grid points before it can hang.
+        for name, h, w in (("target", p_h, p_w), ("context", e_h, e_w)):
+            if h * w <= cfg.min_keep:
+                raise ValueError(self._reference_hang_message(name, h, w))
+
+        dr = torch.arange(p_h)[:, None] * self.width
+        dc = torch.arange(p_w)[None, :]
+        preds: list[list[torch.Tensor]] = []
+        encs: list[list[torch.Tensor]] = []
+        for _ in range(batch_size):
+            masks_p, complements = [], []
+            for _ in range(cfg.num_pred_masks):
+                _, top, left = self._reference_place(p_h, p_w, None, g)
+                masks_p.append((dr + (top * self.width + left) + dc).flatten())
+                comp = torch.ones(self.height, self.width, dtype=torch.bool)
+                comp[top : top + p_h, left : left + p_w] = False
+                complements.append(comp)
+            preds.append(masks_p)
+            regions = None if cfg.allow_overlap else torch.stack(complements)
+            encs.append(
+                [
+                    self._reference_place(e_h, e_w, regions, g)[0].flatten().nonzero().squeeze(1)
+                    for _ in range(cfg.num_enc_masks)
+                ]
+            )
+        # The reference cuts every mask to the shortest of the batch (one length for all target indices, one
+        # for all context indices), keeping the lowest ids.
+        keep_pred = min(len(m) for ms in preds for m in ms)
+        keep_enc = min(len(m) for ms in encs for m in ms)
+        masks_pred = [torch.stack([ms[k][:keep_pred] for ms in preds]) for k in range(cfg.num_pred_masks)]
+        masks_enc = [torch.stack([ms[k][:keep_enc] for ms in encs]) for k in range(cfg.num_enc_masks)]
+        return masks_enc, masks_pred
+
+
+_M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
+
+
+def _popcount(x: torch.Tensor) -> torch.Tensor:
+    """Set bits of each non-negative int64 (torch has no popcount): the classic SWAR reduction."""
+    x = x - ((x >> 1) & _M1)
+    x = (x & _M2) + ((x >> 2) & _M2)
+    x = (x + (x >> 4)) & _M4
+    x = x + (x >> 8)
+    x = x + (x >> 16)
+    x = x + (x >> 32)
+    return x & 0x7F
+
+
+def _lerp(bounds: tuple[float, float], u: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Map uniform draws in [0, 1) onto [low, high] (tensor or array in, same out)."""
+    return bounds[0] + u * (bounds[1] - bounds[0])

@@ -1,0 +1,161 @@
+"""From a data config to batches of training images on the device, reproducibly.
+
+Two pipelines behind one interface (``steps_per_epoch``, ``input_spec``, ``epoch(e, start)`` yielding
+``(images, n_skipped)``, ``monitor_batch(n)``):
+- in memory (Fashion-MNIST): uint8 tensors cut by index and cropped as a batch on the device. No loader
+  processes: on a 2-core machine a worker would take half the compute from the step.
+- folders: a DataLoader with worker processes and the reference's per-image PIL transforms.
+Every random draw is seeded from (seed, rank, epoch, batch) or (seed, epoch, image index), never from a running
+generator, so a resumed run sees exactly the images and crops the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..data.datasets import FlatImageFolder, ImageFolderDataset
+from ..data.fashion_mnist import MEAN as FMNIST_MEAN
+from ..data.fashion_mnist import STD as FMNIST_STD
+from ..data.fashion_mnist import load_fashion_mnist
+from ..data.loader import InMemoryBatches, build_loader
+from ..data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchRandomResizedCrop,
+    make_eval_transform,
+    make_pretrain_transform,
+    normalize_batch,
+)
+from .distributed import DistInfo
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers (Python hashes int tuples deterministically, unlike strings)."""
+    return hash(tuple(int(p) for p in parts)) & (2**63 - 1)
+
+
+def generator_for(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(*parts))
+
+
+class InMemoryPipeline:
+    def __init__(self, images: torch.Tensor, cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device,
+                 mean: tuple[float, ...], std: tuple[float, ...]):
+        if images.ndim == 3:
+            images = images[:, None]
+        if images.shape[1] != cfg.in_chans:
+            images = images[:, :1].expand(-1, cfg.in_chans, -1, -1).contiguous()
+        self.images, self.cfg, self.dist, self.seed, self.device = images, cfg, dist, seed, device
+        self.mean, self.std = mean, std
+        self.batches = InMemoryBatches(images, torch.zeros(len(images), dtype=torch.long), cfg.batch_size,
+                                       rank=dist.rank, world_size=dist.world_size, seed=seed, drop_last=True)
+        if len(self.batches) == 0:
+            raise ValueError(f"{len(images)} images are fewer than one batch of {cfg.batch_size} per process "
+                             f"× {dist.world_size} processes")
+        self.crop = BatchRandomResizedCrop(cfg.crop_size, scale=cfg.crop_scale,
+                                           horizontal_flip=cfg.use_horizontal_flip)
+        self._steps = len(self.batches)
+        self.input_spec = {"image_size": (cfg.crop_size, cfg.crop_size), "in_chans": cfg.in_chans,
+                           "mean": tuple(mean), "std": tuple(std)}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._steps
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
+        self.batches.set_epoch(epoch)
+        self.batches.set_start(start)
+        for i, (x, _) in enumerate(self.batches, start=start):
+            x = x.to(self.device, non_blocking=True)
+            x = self.crop(x, generator_for(self.seed, self.dist.rank, epoch, i))
+            yield normalize_batch(x, self.mean, self.std), 0
+
+    def monitor_batch(self, n: int = 512) -> torch.Tensor:
+        """The first n images, resized, not augmented: the same pixels at every check."""
+        x = self.images[:n].to(self.device).float() / 255.0
+        if x.shape[-1] != self.cfg.crop_size:
+            x = torch.nn.functional.interpolate(x, size=(self.cfg.crop_size,) * 2, mode="bilinear",
+                                                align_corners=False, antialias=True)
+        return normalize_batch(x, self.mean, self.std)
+
+
+class _SeededTransform(torch.utils.data.Dataset):
+    """Seeds the transform of every image from (seed, epoch, index), so crops do not depend on which worker
+    loads the image or where a resumed run restarts."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        s = seed_for(self.seed, self.epoch, i)
+        torch.manual_seed(s)
+        random.seed(s)
+        return self.dataset[i]
+
+
+class LoaderPipeline:
+    def __init__(self, dataset, cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device,
+                 mean: tuple[float, ...], std: tuple[float, ...], eval_dataset):
+        self.cfg, self.dist, self.device = cfg, dist, device
+        self.dataset = _SeededTransform(dataset, seed)
+        self.eval_dataset = eval_dataset
+        self.loader, self.sampler = build_loader(
+            self.dataset, cfg.batch_size, rank=dist.rank, world_size=dist.world_size, seed=seed,
+            num_workers=cfg.num_workers, pin_memory=cfg.pin_mem and device.type == "cuda", drop_last=True)
+        self._steps = len(self.loader)
+        if self._steps == 0:
+            raise ValueError(f"{len(dataset)} images are fewer than one batch of {cfg.batch_size} per process "
+                             f"× {dist.world_size} processes")
+        self.input_spec = {"image_size": (cfg.crop_size, cfg.crop_size), "in_chans": cfg.in_chans,
+                           "mean": tuple(mean), "std": tuple(std)}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._steps
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
+        self.dataset.epoch = epoch  # picked up by workers: they are re-created each epoch (no persistence)
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start, self.cfg.batch_size)
+        for images, _, n_skipped in self.loader:
+            if images is None:
+                yield None, n_skipped
+                continue
+            yield images.to(self.device, non_blocking=True), n_skipped
+
+    def monitor_batch(self, n: int = 256) -> torch.Tensor:
+        items = [self.eval_dataset[i] for i in range(min(n, len(self.eval_dataset)))]
+        return torch.stack([it[0] for it in items if it is not None]).to(self.device)
+
+
+def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device):
+    if cfg.dataset == "fashion_mnist":
+        images, _ = load_fashion_mnist(cfg.root_path, train=True)
+        if cfg.limit:
+            images = images[: cfg.limit]
+        return InMemoryPipeline(images, cfg, dist, seed, device, cfg.mean or FMNIST_MEAN * cfg.in_chans,
+                                cfg.std or FMNIST_STD * cfg.in_chans)
+    mean = cfg.mean or (IMAGENET_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans)
+    std = cfg.std or (IMAGENET_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans)
+    root = Path(cfg.root_path) / cfg.image_folder
+    transform = make_pretrain_transform(
+        crop_size=cfg.crop_size, crop_scale=cfg.crop_scale, horizontal_flip=cfg.use_horizontal_flip,
+        color_distortion=cfg.use_color_distortion, color_jitter_strength=cfg.color_jitter_strength,
+        gaussian_blur=cfg.use_gaussian_blur, mean=mean, std=std, in_chans=cfg.in_chans)
+    eval_tf = make_eval_transform(cfg.crop_size, mean, std, in_chans=cfg.in_chans)
+    if cfg.dataset == "imagefolder":
+        root = root / "train" if (root / "train").is_dir() else root
+        dataset, eval_ds = ImageFolderDataset(root, transform), ImageFolderDataset(root, eval_tf)
+    else:
+        dataset, eval_ds = FlatImageFolder(root, transform), FlatImageFolder(root, eval_tf)
+    if cfg.limit:
+        dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
+    return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, eval_ds)

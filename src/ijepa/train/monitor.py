@@ -1,0 +1,33 @@
+"""Collapse monitoring: cheap label-free signals that a run is losing its representations.
+
+RankMe (Garrido et al., ICML 2023) is the exponential of the entropy of the normalised singular values of a
+feature matrix: the effective number of dimensions the features use. A collapsing run shows it falling toward 1;
+the std of features across the batch falling toward 0 says the same more crudely.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
+    s = torch.linalg.svdvals(features.float())
+    p = s / (s.sum() + eps) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def feature_std(features: torch.Tensor) -> float:
+    """Mean over dimensions of the std across samples of L2-normalised features (1/sqrt(D) when healthy and
+    isotropic, 0 when collapsed)."""
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    return float(f.std(dim=0).mean())
+
+
+@torch.no_grad()
+def collapse_stats(target_encoder: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Pooled target-encoder features of a fixed batch -> {'target_std', 'rankme'}."""
+    was_training = target_encoder.training
+    target_encoder.eval()
+    feats = target_encoder(images).mean(dim=1)
+    target_encoder.train(was_training)
+    return {"target_std": feature_std(feats), "rankme": rankme(feats)}

@@ -1,0 +1,51 @@
+"""lr, weight-decay and EMA-momentum schedules as pure functions of the global step.
+
+The reference keeps these as stateful generators and fast-forwards them on resume; pure functions make resume
+exact by construction and let a test ask for any step directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Schedules:
+    total_steps: int          # ipe_scale × epochs × iterations per epoch: where the schedules end
+    warmup_steps: int
+    start_lr: float
+    lr: float
+    final_lr: float
+    weight_decay: float
+    final_weight_decay: float
+    ema_start: float
+    ema_end: float
+
+    @classmethod
+    def from_config(cls, opt, steps_per_epoch: int) -> Schedules:
+        """``opt`` is an ``OptimizationConfig``; warmup is in epochs, as the reference's."""
+        total = int(opt.ipe_scale * opt.epochs * steps_per_epoch)
+        return cls(total_steps=max(total, 1), warmup_steps=int(opt.warmup * steps_per_epoch),
+                   start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr, weight_decay=opt.weight_decay,
+                   final_weight_decay=opt.final_weight_decay, ema_start=opt.ema[0], ema_end=opt.ema[1])
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup from start_lr to lr, then cosine to final_lr (never below it)."""
+        if step < self.warmup_steps:
+            return self.start_lr + (self.lr - self.start_lr) * step / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        cos = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(self.final_lr, self.final_lr + (self.lr - self.final_lr) * cos)
+
+    def wd_at(self, step: int) -> float:
+        """Cosine from weight_decay to final_weight_decay over the whole run (an increase, in the paper)."""
+        progress = min(step / self.total_steps, 1.0)
+        wd = self.final_weight_decay + (self.weight_decay - self.final_weight_decay) * 0.5 * (
+            1.0 + math.cos(math.pi * progress))
+        lo, hi = sorted((self.weight_decay, self.final_weight_decay))
+        return min(max(wd, lo), hi)
+
+    def momentum_at(self, step: int) -> float:
+        """EMA momentum, linear from ema_start to ema_end over the run."""
+        return self.ema_start + (self.ema_end - self.ema_start) * min(step / self.total_steps, 1.0)

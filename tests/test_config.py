@@ -1,0 +1,108 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from ijepa.config import (
+    ENCODER_NAMES,
+    Config,
+    ConfigError,
+    available_configs,
+    config_dir,
+    describe,
+    load_config,
+    parse_overrides,
+)
+from ijepa.models import VIT_SIZES
+
+
+def test_default_config_is_the_cpu_recipe():
+    cfg = load_config()
+    assert cfg.data.dataset == "fashion_mnist" and cfg.data.crop_size % cfg.mask.patch_size == 0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.batchsize=3", "unknown key 'data.batchsize' (did you mean 'data.batch_size'?)"),
+    ("nosuch.key=1", "unknown key 'nosuch'"),
+    ("data.batch_size=abc", "data.batch_size: expected an integer"),
+    ("data.batch_size=0", "data.batch_size must be > 0"),
+    ("meta.use_bfloat16=maybe", "meta.use_bfloat16: expected true or false"),
+    ("mask.mode=random", "mask.mode: 'random' is not one of default, reference"),
+    ("optimization.ema=[0.9]", "optimization.ema: expected 2 values"),
+    ("optimization.ema=[1.0,0.9]", "optimization.ema: expected [min, max]"),
+    ("data.crop_size=30", "not a multiple of mask.patch_size"),
+    ("meta.model_name=vit_enormous", "meta.model_name: unknown encoder"),
+    ("optimization.warmup=100", "optimization.warmup (100.0) is longer than the run"),
+    ("data.mean=[0.5,0.5]", "data.mean has 2 values but data.in_chans is 1"),
+])
+def test_bad_configs_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    assert parse_overrides(["a.b=1", "a.c=[0.1, 2]", "d=null", "e.f=true"]) == {
+        "a": {"b": 1, "c": [0.1, 2]}, "d": None, "e": {"f": True}}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["nokey"])
+    cfg = load_config(None, ["optimization.lr=0.002", "optimization.ema=[0.99, 1.0]"])
+    assert cfg.optimization.lr == 0.002 and cfg.optimization.ema == (0.99, 1.0)
+
+
+def test_unknown_key_in_a_file_fails(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"data": {"dataset": "fashion_mnist", "crop_size": 28, "colour": 1},
+                                 "mask": {"patch_size": 4}}))
+    with pytest.raises(ConfigError, match="unknown key 'data.colour'"):
+        load_config(str(p))
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_shipped_configs_are_valid(name):
+    load_config(name, ["data.root_path=/tmp"])
+
+
+def test_reference_recipes_keep_the_reference_hyperparameters():
+    expected = {  # facebookresearch/ijepa configs/*.yaml
+        "in1k_vith14_ep300": ("vit_huge", 14, 224, 128, 300, 40, 12),
+        "in1k_vith16-448_ep300": ("vit_huge", 16, 448, 16, 300, 40, 12),
+        "in22k_vith14_ep66": ("vit_huge", 14, 224, 32, 66, 3, 12),
+        "in22k_vitg16_ep44": ("vit_giant", 16, 224, 16, 44, 3, 16),
+    }
+    for name, (model, patch, crop, bs, epochs, warmup, pred_depth) in expected.items():
+        c = load_config(name)
+        assert (c.meta.model_name, c.mask.patch_size, c.data.crop_size, c.data.batch_size, c.optimization.epochs,
+                c.optimization.warmup, c.meta.pred_depth) == (model, patch, crop, bs, epochs, warmup, pred_depth)
+        o = c.optimization
+        assert (o.start_lr, o.lr, o.final_lr, o.weight_decay, o.final_weight_decay, o.ema, o.ipe_scale) == (
+            2e-4, 1e-3, 1e-6, 0.04, 0.4, (0.996, 1.0), 1.0)
+        m = c.mask
+        assert (m.num_enc_masks, m.num_pred_masks, m.enc_mask_scale, m.pred_mask_scale, m.aspect_ratio,
+                m.min_keep, m.allow_overlap) == (1, 4, (0.85, 1.0), (0.15, 0.2), (0.75, 1.5), 10, False)
+        assert c.meta.pred_emb_dim == 384 and c.data.crop_scale == (0.3, 1.0)
+
+
+def test_every_key_is_documented():
+    text = describe()
+    for sec in dataclasses.fields(Config):
+        for f in dataclasses.fields(sec.default_factory):
+            assert f.metadata.get("help"), f"{sec.name}.{f.name} has no help"
+            assert f"`{sec.name}.{f.name}`" in text
+
+
+def test_encoder_names_match_the_model_registry():
+    assert set(ENCODER_NAMES) == set(VIT_SIZES)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    from ijepa.config import config_from_dict, save_config
+    cfg = load_config(None, ["optimization.lr=0.003"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert config_from_dict(yaml.safe_load((tmp_path / "c.yaml").read_text())) == cfg
+    assert (config_dir() / "fmnist_cpu.yaml").is_file()
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    cfg = load_config(None, ["optimization.lr=5e-4", "optimization.start_lr=1e-5"])
+    assert cfg.optimization.lr == 5e-4 and cfg.optimization.start_lr == 1e-5

@@ -1,0 +1,457 @@
+"""Tests for ijepa.masks: multi-block mask sampling, corrected ("default") and reference-exact modes."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from ijepa.masks import MaskConfig, MultiBlockMaskSampler
+
+# 224 px / patch 14 -> 16x16; 32 px / patch 4 -> 8x8 (ijepa #68); plus a non-square grid.
+GRIDS = [(16, 16), (8, 8), (16, 20)]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def small_grid_cfg(**kw) -> MaskConfig:
+    """min_keep=4 (the reference class's default): at 8x8 the recipe's min_keep=10 can hang the reference."""
+    return MaskConfig(**{"min_keep": 4, **kw})
+
+
+def rows_cols(ids: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return ids // width, ids % width
+
+
+# ---------------------------------------------------------------- executable spec of the reference sampler
+
+
+class ReferenceTranscription:
+    """facebookresearch/ijepa ``src/masks/multiblock.py`` MaskCollator logic, same draws in the same order.
+
+    Like the reference, block sizes come from ``g`` and block positions from the *global* RNG
+    (``torch.randint`` without a generator); tests pass ``g = torch.default_generator`` so that both are the
+    one stream the sampler under test draws everything from.
+    """
+
+    def __init__(self, height: int, width: int, cfg: MaskConfig):
+        self.height, self.width = height, width
+        self.enc_mask_scale, self.pred_mask_scale = cfg.enc_mask_scale, cfg.pred_mask_scale
+        self.aspect_ratio, self.min_keep, self.allow_overlap = (
+            cfg.aspect_ratio,
+            cfg.min_keep,
+            cfg.allow_overlap,
+        )
+        self.nenc, self.npred = cfg.num_enc_masks, cfg.num_pred_masks
+        self.relaxations = 0  # times the acceptable regions were relaxed (to know that path ran)
+
+    def sample_block_size(self, generator, scale, aspect_ratio_scale):
+        rand = torch.rand(1, generator=generator).item()  # one draw, shared by scale and aspect
+        mask_scale = scale[0] + rand * (scale[1] - scale[0])
+        max_keep = int(self.height * self.width * mask_scale)
+        aspect = aspect_ratio_scale[0] + rand * (aspect_ratio_scale[1] - aspect_ratio_scale[0])
+        h = int(round(math.sqrt(max_keep * aspect)))
+        w = int(round(math.sqrt(max_keep / aspect)))
+        while h >= self.height:
+            h -= 1
+        while w >= self.width:
+            w -= 1
+        return h, w
+
+    def sample_block_mask(self, size, acceptable_regions=None):
+        h, w = size
+        tries, timeout = 0, 20
+        while True:
+            top = torch.randint(0, self.height - h, (1,))
+            left = torch.randint(0, self.width - w, (1,))
+            mask = torch.zeros((self.height, self.width), dtype=torch.int32)
+            mask[top : top + h, left : left + w] = 1
+            if acceptable_regions is not None:
+                for k in range(max(len(acceptable_regions) - tries, 0)):
+                    mask *= acceptable_regions[k]
+            mask = torch.nonzero(mask.flatten())
+            if len(mask) > self.min_keep:
+                break
+            timeout -= 1
+            if timeout == 0:
+                tries += 1
+                self.relaxations += 1
+                timeout = 20
+        complement = torch.ones((self.height, self.width), dtype=torch.int32)
+        complement[top : top + h, left : left + w] = 0
+        return mask.squeeze(), complement
+
+    def __call__(self, batch_size, g):
+        p_size = self.sample_block_size(g, self.pred_mask_scale, self.aspect_ratio)
+        e_size = self.sample_block_size(g, self.enc_mask_scale, (1.0, 1.0))
+        all_pred, all_enc = [], []
+        min_keep_pred = min_keep_enc = self.height * self.width
+        for _ in range(batch_size):
+            masks_p, masks_c = [], []
+            for _ in range(self.npred):
+                mask, mask_c = self.sample_block_mask(p_size)
+                masks_p.append(mask)
+                masks_c.append(mask_c)
+                min_keep_pred = min(min_keep_pred, len(mask))
+            all_pred.append(masks_p)
+            regions = None if self.allow_overlap else masks_c
+            masks_e = []
+            for _ in range(self.nenc):
+                mask, _ = self.sample_block_mask(e_size, acceptable_regions=regions)
+                masks_e.append(mask)
+                min_keep_enc = min(min_keep_enc, len(mask))
+            all_enc.append(masks_e)
+        # default_collate of [B][n] tensors == one (B, K) stack per mask index
+        masks_pred = [torch.stack([m[k][:min_keep_pred] for m in all_pred]) for k in range(self.npred)]
+        masks_enc = [torch.stack([m[k][:min_keep_enc] for m in all_enc]) for k in range(self.nenc)]
+        return masks_enc, masks_pred
+
+
+def transcription_for(grid: tuple[int, int], cfg: MaskConfig) -> ReferenceTranscription:
+    return ReferenceTranscription(grid[0], grid[1], cfg)
+
+
+REFERENCE_CASES = {
+    "16x16-recipe": ((16, 16), MaskConfig(mode="reference")),
+    "16x16-overlap": ((16, 16), MaskConfig(mode="reference", allow_overlap=True)),
+    "8x8": ((8, 8), small_grid_cfg(mode="reference")),
+    "16x20-2enc-3pred": ((16, 20), MaskConfig(mode="reference", num_enc_masks=2, num_pred_masks=3)),
+    # the reference class's own defaults
+    "14x14-class-defaults": (
+        (14, 14),
+        MaskConfig(
+            mode="reference",
+            enc_mask_scale=(0.2, 0.8),
+            pred_mask_scale=(0.2, 0.8),
+            aspect_ratio=(0.3, 3.0),
+            num_pred_masks=2,
+            min_keep=4,
+        ),
+    ),
+    # small context, many targets: forces the acceptable-region relaxation path
+    "8x8-relaxation": (
+        (8, 8),
+        MaskConfig(
+            mode="reference",
+            enc_mask_scale=(0.3, 0.4),
+            pred_mask_scale=(0.2, 0.3),
+            num_pred_masks=6,
+            min_keep=4,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("grid,cfg", list(REFERENCE_CASES.values()), ids=list(REFERENCE_CASES))
+def test_reference_mode_matches_transcription_exactly(grid, cfg):
+    sampler = MultiBlockMaskSampler(grid, cfg)
+    ref = transcription_for(grid, cfg)
+    with torch.random.fork_rng():
+        for seed in range(4):
+            torch.manual_seed(seed)
+            # two batches in a row: also pins how many numbers each batch consumes
+            expected = [ref(12, torch.default_generator) for _ in range(2)]
+            torch.manual_seed(seed)
+            got = [sampler(12, torch.default_generator) for _ in range(2)]
+            # a private generator in the same state draws the same stream
+            assert all(torch.equal(a, b) for a, b in zip(sampler(12, gen(seed))[0], got[0][0]))
+            for (e_exp, p_exp), (e_got, p_got) in zip(expected, got):
+                assert len(e_got) == len(e_exp) and len(p_got) == len(p_exp)
+                for a, b in zip(e_got + p_got, e_exp + p_exp):
+                    assert a.dtype == b.dtype == torch.int64
+                    assert torch.equal(a, b)
+    if cfg.num_pred_masks == 6:
+        assert ref.relaxations > 0, "case meant to exercise the acceptable-region relaxation"
+
+
+# ---------------------------------------------------------------- reference defects, pinned
+
+
+@pytest.mark.parametrize("grid,side", [((16, 16), 15), ((8, 8), 7)])
+def test_reference_context_is_always_top_left_block(grid, side):
+    cfg = MaskConfig(mode="reference", allow_overlap=True, min_keep=4)
+    sampler = MultiBlockMaskSampler(grid, cfg)
+    block = (torch.arange(side)[:, None] * grid[1] + torch.arange(side)[None, :]).flatten()
+    for seed in range(5):
+        (enc,), preds = sampler(8, gen(seed))
+        assert torch.equal(enc, block.expand(8, -1))
+        for p in preds:  # targets never use the last row/column either
+            r, c = rows_cols(p, grid[1])
+            assert r.max() < grid[0] - 1 and c.max() < grid[1] - 1
+
+
+def test_reference_scale_and_aspect_share_one_draw():
+    sampler = MultiBlockMaskSampler(16, MaskConfig(mode="reference"))
+    shapes = set()
+    for seed in range(200):
+        _, preds = sampler(1, gen(seed))
+        r, c = rows_cols(preds[0][0], 16)
+        shape = (int(r.max() - r.min()) + 1, int(c.max() - c.min()) + 1)
+        # the shape is fixed by the generator's first number alone
+        rand = torch.rand(1, generator=gen(seed)).item()
+        mk = int(256 * (0.15 + rand * 0.05))
+        a = 0.75 + rand * 0.75
+        assert shape == (round(math.sqrt(mk * a)), round(math.sqrt(mk / a)))
+        shapes.add(shape)
+    # small blocks are always wide, large ones always tall: only six shapes ever occur
+    assert shapes == {(5, 7), (6, 6), (6, 7), (7, 6), (8, 6), (9, 6)}
+
+
+def test_reference_truncation_keeps_only_smallest_ids():
+    sampler = MultiBlockMaskSampler(16, MaskConfig(mode="reference"))
+    (enc,), preds = sampler(32, gen(3))
+    length = enc.shape[1]
+    block = torch.zeros(32, 256, dtype=torch.bool)
+    block.view(32, 16, 16)[:, :15, :15] = True  # the context block is always this (see above)
+    for p in preds:
+        block.scatter_(1, p, False)
+    full = [row.nonzero().squeeze(1) for row in block]
+    for ids, f in zip(enc, full):
+        assert torch.equal(ids, f[:length])
+    dropped = 1 - length * 32 / sum(len(f) for f in full)
+    assert dropped > 0.15, dropped  # ~a third of the context patches, all from the bottom
+
+
+def test_reference_hang_configs_raise_instead():
+    start = time.perf_counter()
+    # ijepa #68: 32 px / patch 4 with the recipe's min_keep=10 -> a 3x3 target can never be accepted
+    with pytest.raises(ValueError, match="loop forever"):
+        MultiBlockMaskSampler(8, MaskConfig(mode="reference"))
+    with pytest.raises(ValueError, match="min_keep"):
+        MultiBlockMaskSampler(8, MaskConfig(mode="reference", min_keep=65))
+    with pytest.raises(ValueError, match="context block of 2x2"):
+        MultiBlockMaskSampler(
+            4,
+            MaskConfig(mode="reference", enc_mask_scale=(0.3, 0.4), pred_mask_scale=(0.7, 0.75), min_keep=8),
+        )
+    assert time.perf_counter() - start < 1.0
+
+
+# ---------------------------------------------------------------- both modes
+
+
+@pytest.mark.parametrize("mode", ["default", "reference"])
+@pytest.mark.parametrize("grid", GRIDS)
+def test_counts_shapes_ids_and_disjointness(mode, grid):
+    cfg = small_grid_cfg(mode=mode, num_enc_masks=2, num_pred_masks=3)
+    n = grid[0] * grid[1]
+    enc, pred = MultiBlockMaskSampler(grid, cfg)(16, gen(0))
+    assert len(enc) == 2 and len(pred) == 3
+    for m in enc + pred:
+        assert m.dtype == torch.int64 and m.ndim == 2 and m.shape[0] == 16 and m.shape[1] > 0
+        assert m.min() >= 0 and m.max() < n
+        assert (m[:, 1:] > m[:, :-1]).all()  # strictly ascending: sorted and unique
+    for e in enc:
+        assert e.shape[1] > cfg.min_keep if mode == "reference" else e.shape[1] >= cfg.min_keep
+        for p in pred:
+            assert not (e[:, :, None] == p[:, None, :]).any()
+
+
+@pytest.mark.parametrize("mode", ["default", "reference"])
+def test_allow_overlap_keeps_target_patches_in_context(mode):
+    cfg = MaskConfig(mode=mode, allow_overlap=True)
+    (enc,), pred = MultiBlockMaskSampler(16, cfg)(16, gen(0))
+    shared = sum(int((enc[:, :, None] == p[:, None, :]).any(-1).sum()) for p in pred)
+    assert shared > 0
+    assert enc.shape[1] >= 15 * 15  # the whole context block, nothing removed
+
+
+@pytest.mark.parametrize("mode", ["default", "reference"])
+def test_deterministic_given_generator_and_seed_sensitive(mode):
+    sampler = MultiBlockMaskSampler(16, MaskConfig(mode=mode))
+    a, b, c = sampler(8, gen(7)), sampler(8, gen(7)), sampler(8, gen(8))
+    flat = lambda out: out[0] + out[1]
+    assert all(torch.equal(x, y) for x, y in zip(flat(a), flat(b)))
+    assert any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(flat(a), flat(c)))
+
+
+@pytest.mark.parametrize("mode", ["default", "reference"])
+def test_global_rng_untouched(mode):
+    sampler = MultiBlockMaskSampler(16, MaskConfig(mode=mode))
+    state = torch.get_rng_state()
+    sampler(8, gen(0))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_config_validation_names_the_field():
+    for kwargs, field in [
+        ({"mode": "paper"}, "mode"),
+        ({"num_pred_masks": 0}, "num_pred_masks"),
+        ({"num_enc_masks": 1.5}, "num_enc_masks"),
+        ({"min_keep": -1}, "min_keep"),
+        ({"pred_mask_scale": (0.3, 0.2)}, "pred_mask_scale"),
+        ({"enc_mask_scale": (0.85, 1.2)}, "enc_mask_scale"),
+        ({"aspect_ratio": (0.0, 1.0)}, "aspect_ratio"),
+        ({"aspect_ratio": "wide"}, "aspect_ratio"),
+        ({"allow_overlap": "no"}, "allow_overlap"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            MaskConfig(**kwargs)
+    assert MaskConfig(pred_mask_scale=[0.1, 0.2]).pred_mask_scale == (0.1, 0.2)  # YAML lists
+    with pytest.raises(ValueError, match="grid_size"):
+        MultiBlockMaskSampler((0, 16))
+    with pytest.raises(ValueError, match="batch_size"):
+        MultiBlockMaskSampler(16)(0, gen(0))
+
+
+# ---------------------------------------------------------------- default (corrected) mode
+
+
+def block_shape(ids: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r, c = rows_cols(ids, width)
+    return r.amax(1) - r.amin(1) + 1, c.amax(1) - c.amin(1) + 1
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_default_targets_are_full_rectangles_same_size_across_batch(grid):
+    _, pred = MultiBlockMaskSampler(grid, small_grid_cfg())(32, gen(1))
+    for p in pred:
+        h, w = block_shape(p, grid[1])
+        assert (h * w == p.shape[1]).all()  # span == count: a full rectangle, nothing cut
+        assert (h == h[0]).all() and (w == w[0]).all()
+
+
+def test_default_target_scale_and_aspect_within_ranges():
+    cfg = MaskConfig()
+    sampler = MultiBlockMaskSampler(16, cfg)
+    shapes = set()
+    for seed in range(100):
+        _, pred = sampler(1, gen(seed))
+        for p in pred:
+            h, w = (int(v) for v in block_shape(p, 16))
+            shapes.add((h, w))
+    n = 256
+    for h, w in shapes:
+        # h = round(sqrt(sNa)), w = round(sqrt(sN/a)) for in-range s, a <=> these intervals meet the ranges
+        area_lo, area_hi = (h - 0.5) * (w - 0.5), (h + 0.5) * (w + 0.5)
+        assert area_lo <= cfg.pred_mask_scale[1] * n and area_hi >= cfg.pred_mask_scale[0] * n, (h, w)
+        assert (h - 0.5) / (w + 0.5) <= cfg.aspect_ratio[1] and (h + 0.5) / (w - 0.5) >= cfg.aspect_ratio[0]
+    # independent draws: many more shapes than the reference's six, e.g. small-and-tall ones
+    assert len(shapes) >= 10 and (7, 5) in shapes
+
+
+def test_default_covers_whole_grid_and_places_context_anywhere():
+    grid = (16, 16)
+    cfg = MaskConfig(enc_mask_scale=(0.3, 0.4), allow_overlap=True)
+    sampler = MultiBlockMaskSampler(grid, cfg)
+    seen_target = torch.zeros(256, dtype=torch.bool)
+    seen_context = torch.zeros(256, dtype=torch.bool)
+    corners = set()
+    for seed in range(20):
+        (enc,), pred = sampler(32, gen(seed))
+        seen_context[enc.flatten()] = True
+        for p in pred:
+            seen_target[p.flatten()] = True
+        r, c = rows_cols(enc, 16)
+        h, w = block_shape(enc, 16)
+        corners.update(zip(r.amin(1).tolist(), c.amin(1).tolist(), (16 - h).tolist(), (16 - w).tolist()))
+    assert seen_target.all() and seen_context.all()
+    # corners reach both ends of [0, H-h] and [0, W-w]
+    assert any(t == 0 for t, _, _, _ in corners) and any(t == mt for t, _, mt, _ in corners)
+    assert any(lf == 0 for _, lf, _, _ in corners) and any(lf == ml for _, lf, _, ml in corners)
+    # and with the recipe's context scale, the last row and column are in the context too (reference: never)
+    (enc,), _ = MultiBlockMaskSampler(grid, MaskConfig())(64, gen(0))
+    r, c = rows_cols(enc, 16)
+    assert (r == 15).any() and (c == 15).any()
+
+
+def test_default_equal_lengths_by_random_subsampling_not_truncation():
+    # a full-grid context block makes each image's uncut context known: the grid minus its targets
+    sampler = MultiBlockMaskSampler(16, MaskConfig(enc_mask_scale=(1.0, 1.0)))
+    kept_per_row = torch.zeros(16)
+    full_per_row = torch.zeros(16)
+    cut_images = not_prefix = 0
+    for seed in range(10):
+        (enc,), pred = sampler(32, gen(seed))
+        length = enc.shape[1]
+        full = torch.ones(32, 256, dtype=torch.bool)
+        for p in pred:
+            full.scatter_(1, p, False)
+        for b in range(32):
+            ids = full[b].nonzero().squeeze(1)
+            assert torch.isin(enc[b], ids).all()
+            if len(ids) > length:
+                cut_images += 1
+                not_prefix += not torch.equal(enc[b], ids[:length])
+        kept_per_row += torch.bincount(enc.flatten() // 16, minlength=16)
+        full_per_row += full.view(32, 16, 16).sum((0, 2))
+    assert cut_images > 100 and not_prefix == cut_images
+    # every row keeps about the same share of its context patches: no bias against the bottom rows
+    rate = kept_per_row / full_per_row
+    assert rate.min() > 0.75 * rate.max(), rate
+
+
+def test_default_min_keep_respected_under_pressure():
+    # six largish targets on 16x16 make contexts short; every image must still keep min_keep
+    cfg = MaskConfig(num_pred_masks=6, pred_mask_scale=(0.15, 0.2), min_keep=40)
+    sampler = MultiBlockMaskSampler(16, cfg)
+    for seed in range(5):
+        (enc,), pred = sampler(64, gen(seed))
+        assert enc.shape[1] >= 40
+        for p in pred:
+            assert not (enc[:, :, None] == p[:, None, :]).any()
+
+
+def test_default_non_square_grid():
+    grid = (16, 20)
+    enc, pred = MultiBlockMaskSampler(grid, MaskConfig(num_enc_masks=2))(32, gen(2))
+    seen = torch.zeros(320, dtype=torch.bool)
+    for m in enc + pred:
+        assert m.max() < 320
+        seen[m.flatten()] = True
+    for p in pred:
+        h, w = block_shape(p, 20)
+        assert (h * w == p.shape[1]).all() and (h <= 16).all() and (w <= 20).all()
+    r, c = rows_cols(torch.cat([m.flatten() for m in enc + pred]), 20)
+    assert r.max() == 15 and c.max() == 19
+
+
+def test_default_wide_grid_spans_several_packed_words():
+    # rows are packed 62 patches to an int64 word: 130 columns exercise three words and their seams
+    grid = (6, 130)
+    cfg = MaskConfig(num_enc_masks=2, pred_mask_scale=(0.05, 0.1), aspect_ratio=(0.2, 0.5))
+    sampler = MultiBlockMaskSampler(grid, cfg)
+    seen = torch.zeros(780, dtype=torch.bool)
+    for seed in range(10):
+        enc, pred = sampler(16, gen(seed))
+        for p in pred:
+            h, w = block_shape(p, 130)
+            assert (h * w == p.shape[1]).all()
+            seen[p.flatten()] = True
+        for e in enc:
+            assert (e[:, 1:] > e[:, :-1]).all() and e.max() < 780 and e.shape[1] >= cfg.min_keep
+            seen[e.flatten()] = True
+            for p in pred:
+                assert not (e[:, :, None] == p[:, None, :]).any()
+    assert seen.all()
+
+
+def test_default_impossible_configs_raise_fast():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="min_keep"):
+        MultiBlockMaskSampler(8, MaskConfig(min_keep=65))
+    with pytest.raises(ValueError, match="target block"):  # one target alone leaves at most 64 patches
+        MultiBlockMaskSampler(16, MaskConfig(pred_mask_scale=(0.9, 1.0), min_keep=70))
+    with pytest.raises(ValueError, match="context blocks as small as 9"):  # some draws can never work
+        MultiBlockMaskSampler(16, MaskConfig(enc_mask_scale=(0.03, 0.5), min_keep=30))
+    # possible in principle (targets could pile up), hopeless in practice: fails after bounded re-draws
+    cfg = MaskConfig(num_pred_masks=12, pred_mask_scale=(0.2, 0.25), min_keep=120)
+    sampler = MultiBlockMaskSampler(16, cfg)
+    with pytest.raises(ValueError, match="re-draws"):
+        sampler(64, gen(0))
+    # targets no larger than min_keep are fine here (the reference hangs on them)
+    enc, _ = MultiBlockMaskSampler(8, MaskConfig())(64, gen(0))
+    assert enc[0].shape[1] >= 10
+    assert time.perf_counter() - start < 1.5
+
+
+def test_default_target_masks_share_one_length_so_they_batch_together():
+    # the predictor stacks all target masks of a batch into one tensor: every target mask must be equal-length
+    sampler = MultiBlockMaskSampler(16, MaskConfig())
+    for seed in range(20):
+        _, pred = sampler(8, gen(seed))
+        assert len({p.shape[1] for p in pred}) == 1

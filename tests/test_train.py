@@ -1,0 +1,200 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ijepa.config import load_config
+from ijepa.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ijepa.train.loop import NonFiniteLossError, train
+
+# A model small enough that a step takes milliseconds: the tests are about the loop, not the learning.
+TINY = ["data.limit=256", "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=2",
+        "meta.pred_depth=1", "meta.pred_emb_dim=48", "meta.use_bfloat16=false", "optimization.epochs=2",
+        "optimization.warmup=0.5", "logging.progress=false", "logging.log_freq=4", "meta.drop_path=0.1",
+        "loss.var_weight=0", "loss.cov_weight=0"]
+
+
+def cfg_with(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def read_losses(run: Path) -> dict[int, float]:
+    with open(run / "log.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_training_writes_log_config_checkpoint_and_summary(tmp_path):
+    summary = train(cfg_with("optimization.max_steps=6"), tmp_path)
+    assert summary["steps"] == 6 and summary["images_seen"] == 96
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(6))
+    assert {"epoch", "step", "loss", "lr", "wd", "momentum", "ctx_tokens", "tgt_tokens", "step_ms",
+            "images_per_s"} <= set(rows[0])
+    assert float(rows[0]["lr"]) == pytest.approx(1e-4)  # start_lr of the CPU default
+    ckpt = load_checkpoint(tmp_path / "jepa-latest.pth.tar")
+    for key in ("encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", "loss", "batch_size",
+                "world_size", "lr", "step", "rng", "input_spec", "arch", "config"):
+        assert key in ckpt
+    assert ckpt["step"] == 6 and ckpt["input_spec"]["in_chans"] == 1
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "summary.json").is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path):
+    # 16 steps per epoch; stop at 10 (mid-epoch), resume to 20 (across the epoch boundary).
+    full, split = tmp_path / "full", tmp_path / "split"
+    train(cfg_with("optimization.max_steps=20"), full)
+    train(cfg_with("optimization.max_steps=10"), split)
+    assert load_checkpoint(split / "jepa-latest.pth.tar")["batch_in_epoch"] == 10
+    train(cfg_with("optimization.max_steps=20"), split)
+    a, b = read_losses(full), read_losses(split)
+    assert sorted(a) == sorted(b) == list(range(20))
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
+    ca, cb = load_checkpoint(full / "jepa-latest.pth.tar"), load_checkpoint(split / "jepa-latest.pth.tar")
+    for part in ("encoder", "predictor", "target_encoder"):
+        for k, v in ca[part].items():
+            assert torch.allclose(v, cb[part][k], atol=1e-6, rtol=0), (part, k)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train(cfg_with("optimization.max_steps=16"), tmp_path)  # one epoch: latest at step 16
+    before = (tmp_path / "jepa-latest.pth.tar").read_bytes()
+    with pytest.raises(NonFiniteLossError, match="loss became"):
+        train(cfg_with("optimization.max_steps=32", "optimization.lr=1e30", "optimization.start_lr=1e30"),
+              tmp_path)
+    assert (tmp_path / "jepa-latest.pth.tar").read_bytes() == before
+
+
+def test_unreadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    (tmp_path / "jepa-latest.pth.tar").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        train(cfg_with("optimization.max_steps=2"), tmp_path)
+
+
+def test_checkpoint_of_another_architecture_names_the_mismatch(tmp_path):
+    train(cfg_with("optimization.max_steps=2"), tmp_path)
+    with pytest.raises(CheckpointError, match="does not match"):
+        train(cfg_with("optimization.max_steps=4", "meta.enc_depth=3"), tmp_path)
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "c.pth.tar"
+    save_checkpoint({"a": torch.ones(2)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pth.tar"]
+
+
+class Evil:
+    """Stands for any object a pickle could smuggle in."""
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+    root = tmp_path / "imgs"
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(40):
+        arr = (torch.rand(20, 20, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(arr).save(root / f"{i:03d}.png")
+    for i in range(3):
+        (root / f"bad{i}.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    cfg = load_config(None, TINY + ["data.dataset=folder", f"data.root_path={root}", "data.crop_size=16",
+                                    "data.in_chans=3", "data.num_workers=0", "data.limit=null",
+                                    "data.batch_size=43", "optimization.max_steps=2", "mask.patch_size=4"])
+    with pytest.warns(Warning, match="bad"):
+        summary = train(cfg, tmp_path / "run")
+    # one batch holds all 43 files: each epoch reads the 3 corrupt ones once and trains on the other 40
+    assert summary["skipped_images"] == 6 and summary["steps"] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ijepa", "train", "--out", str(run), *TINY, "optimization.epochs=50",
+           "data.limit=2048", "logging.log_freq=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "log.csv").exists() or len((run / "log.csv").read_text().splitlines()) < 4:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "received SIGTERM" in out
+    step = load_checkpoint(run / "jepa-latest.pth.tar")["step"]
+    assert 0 < step < 50 * 128
+
+
+# ---------------------------------------------------------------------------------------- distributed (gloo)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    result = _one_step(rank, world)
+    if rank == 0:
+        torch.save(result, Path(out_dir) / "ddp.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _one_step(rank: int, world: int) -> dict:
+    """Build the models from one seed, take one training step on this rank's share of a fixed batch."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from ijepa.masks import MaskConfig, MultiBlockMaskSampler
+    from ijepa.train import distributed as D
+    from ijepa.train.loop import TrainState, build_models, build_optimizer, train_step
+    from ijepa.train.schedules import Schedules
+
+    cfg = cfg_with("meta.drop_path=0.0")
+    torch.manual_seed(0)
+    enc, pred, tgt = build_models(cfg, {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)})
+    opt = build_optimizer(enc, pred, cfg, torch.device("cpu"))
+    sched = Schedules.from_config(cfg.optimization, 10)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(16, 1, 28, 28, generator=g)
+    masks_enc, masks_pred = MultiBlockMaskSampler(7, MaskConfig(min_keep=4))(16, g)
+    share = slice(rank * 16 // world, (rank + 1) * 16 // world)
+    fe, fp = (DDP(enc), DDP(pred)) if world > 1 else (enc, pred)
+    state = TrainState(fe, fp, tgt, opt, sched, torch.device("cpu"), False,
+                       ema_pairs=(list(tgt.parameters()), list(enc.parameters())))
+    loss = train_step(state, images[share], [m[share] for m in masks_enc], [m[share] for m in masks_pred], 3)
+    return {"loss": D.all_reduce_mean(loss).item(), "encoder": enc.state_dict(), "predictor": pred.state_dict(),
+            "target": tgt.state_dict()}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_with_twice_the_batch(tmp_path):
+    single = _one_step(0, 1)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert abs(ddp["loss"] - single["loss"]) < 1e-6
+    # Tolerance: AdamW's first step moves each weight by about lr·sign(grad), so weights agree to float
+    # round-off of the gradient all-reduce (1e-6 at lr 1e-4 here).
+    for part in ("encoder", "predictor", "target"):
+        for k, v in single[part].items():
+            assert torch.allclose(v, ddp[part][k], atol=1e-6, rtol=0), (part, k, (v - ddp[part][k]).abs().max())

@@ -1,0 +1,154 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ijepa.models import VIT_SIZES, apply_masks, build_encoder, build_predictor, resample_pos_embed, sincos_2d
+
+
+def reference_sincos(dim, grid):
+    """The reference's numpy formula, transcribed as the executable spec (meshgrid(w, h): column first)."""
+    gh = np.arange(grid, dtype=float)
+    gw = np.arange(grid, dtype=float)
+    g = np.stack(np.meshgrid(gw, gh), axis=0).reshape(2, 1, grid, grid)
+
+    def one_d(d, pos):
+        omega = np.arange(d // 2, dtype=float) / (d / 2.0)
+        omega = 1.0 / 10000**omega
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([one_d(dim // 2, g[0]), one_d(dim // 2, g[1])], axis=1)
+
+
+@pytest.mark.parametrize("dim,grid", [(192, 7), (384, 16), (1280, 16), (96, 14)])
+def test_sincos_equals_reference(dim, grid):
+    ours = sincos_2d(dim, grid)
+    ref = torch.from_numpy(reference_sincos(dim, grid)).float()
+    assert ours.shape == (grid * grid, dim)
+    assert torch.equal(ours, ref)
+
+
+def test_sincos_non_square_rows_and_columns():
+    emb = sincos_2d(16, (3, 5))
+    # first half encodes the column, second half the row
+    assert torch.allclose(emb[0, :8], emb[5, :8])      # same column, different row
+    assert torch.allclose(emb[0, 8:], emb[4, 8:])      # same row, different column
+    assert not torch.allclose(emb[0, 8:], emb[5, 8:])
+
+
+@pytest.mark.parametrize("arch,patch,size,expected", [
+    ("vit_huge", 14, 224, 630_762_240),
+    ("vit_huge", 16, 448, 631_668_480),
+    ("vit_giant", 16, 224, 1_011_368_576),
+    ("vit_tiny", 16, 224, 5_524_032),
+])
+def test_parameter_counts_equal_reference(arch, patch, size, expected):
+    with torch.device("meta"):
+        enc = build_encoder(arch, patch_size=patch, img_size=size)
+    assert sum(p.numel() for p in enc.parameters()) == expected
+
+
+def test_predictor_parameter_count_equals_reference():
+    with torch.device("meta"):
+        enc = build_encoder("vit_huge", patch_size=14, img_size=224)
+        pred = build_predictor(enc, predictor_embed_dim=384, depth=12)
+    assert sum(p.numel() for p in pred.parameters()) == 22_377_728
+
+
+def test_reference_parameter_names():
+    enc = build_encoder("vit_tiny", patch_size=16, img_size=32, depth=1)
+    keys = set(enc.state_dict())
+    expected = {"pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
+    for part in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+        expected |= {f"blocks.0.{part}.weight", f"blocks.0.{part}.bias"}
+    assert keys == expected
+    pred = build_predictor(enc, predictor_embed_dim=48, depth=1)
+    assert {"mask_token", "predictor_pos_embed", "predictor_embed.weight", "predictor_norm.weight",
+            "predictor_proj.weight", "predictor_blocks.0.attn.qkv.weight"} <= set(pred.state_dict())
+
+
+def test_sizes_registry_dimensions():
+    assert VIT_SIZES["vit_tiny"][:3] == (192, 12, 3)
+    assert VIT_SIZES["vit_small"][:3] == (384, 12, 6)
+    assert VIT_SIZES["vit_base"][:3] == (768, 12, 12)
+    assert VIT_SIZES["vit_large"][:3] == (1024, 24, 16)
+    assert VIT_SIZES["vit_huge"][:3] == (1280, 32, 16)
+    assert VIT_SIZES["vit_giant"][:3] == (1408, 40, 16)
+    assert VIT_SIZES["vit_gigantic"][:3] == (1664, 48, 16)
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_encoder("vit_enormous")
+    assert build_encoder("tiny", 4, 28, depth=1).embed_dim == 192
+
+
+def manual_attention(attn, x):
+    B, N, C = x.shape
+    h = attn.num_heads
+    q, k, v = attn.qkv(x).view(B, N, 3, h, C // h).permute(2, 0, 3, 1, 4)
+    w = (q @ k.transpose(-2, -1)) / math.sqrt(C // h)
+    return attn.proj((w.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def test_sdpa_attention_equals_manual_attention():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=1).eval()
+    x = torch.randn(2, 49, 192)
+    assert torch.allclose(enc.blocks[0].attn(x), manual_attention(enc.blocks[0].attn, x), atol=1e-5)
+
+
+def test_masked_forward_gathers_before_the_blocks():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=2).eval()
+    x = torch.randn(3, 3, 28, 28)
+    all_ids = torch.arange(49).expand(3, -1)
+    assert torch.allclose(enc(x, all_ids), enc(x), atol=1e-6)
+    ids = torch.stack([torch.randperm(49)[:20].sort().values for _ in range(3)])
+    expected = enc.norm(torch.nn.Sequential(*enc.blocks)(apply_masks(enc.embed(x), ids)))
+    assert torch.allclose(enc(x, ids), expected, atol=1e-6)
+    # two masks stack along the batch
+    assert enc(x, [ids, ids]).shape == (6, 20, 192)
+
+
+def test_position_embeddings_resample_to_any_grid():
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=1).eval()
+    assert enc(torch.randn(1, 3, 28, 36)).shape == (1, 7 * 9, 192)
+    assert enc(torch.randn(1, 3, 40, 40)).shape == (1, 100, 192)
+    table = enc.pos_embed
+    assert resample_pos_embed(table, (7, 7), (7, 7)) is table
+    grid = table.reshape(1, 7, 7, 192).permute(0, 3, 1, 2)
+    ref = F.interpolate(grid, size=(10, 12), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    assert torch.allclose(resample_pos_embed(table, (7, 7), (10, 12)), ref.reshape(1, 120, 192))
+
+
+def test_intermediate_layers_end_with_forward_output():
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=3).eval()
+    x = torch.randn(2, 3, 28, 28)
+    layers = enc.get_intermediate_layers(x, n=2)
+    assert len(layers) == 2 and torch.allclose(layers[-1], enc(x), atol=1e-6)
+
+
+def test_stochastic_depth_is_off_in_eval_and_random_in_training():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=4, drop_path_rate=0.5)
+    assert enc.blocks[0].drop_path.p == 0.0 and enc.blocks[-1].drop_path.p == pytest.approx(0.5)
+    x = torch.randn(8, 3, 28, 28)
+    enc.eval()
+    assert torch.equal(enc(x), enc(x))
+    enc.train()
+    assert not torch.allclose(enc(x), enc(x))
+
+
+def test_predictor_outputs_one_prediction_per_target_and_context_mask():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=1).eval()
+    pred = build_predictor(enc, predictor_embed_dim=48, depth=1).eval()
+    x = torch.randn(2, 3, 28, 28)
+    ctx = [torch.arange(10, 40).expand(2, -1), torch.arange(0, 30).expand(2, -1)]
+    tgt = [torch.arange(0, 6).expand(2, -1), torch.arange(43, 49).expand(2, -1), torch.arange(20, 26).expand(2, -1)]
+    out = pred(enc(x, ctx), ctx, tgt)
+    assert out.shape == (3 * 2 * 2, 6, 192)
+    # rows are ordered (target mask, context mask, image): recompute one block alone and compare
+    alone = pred(enc(x, ctx[1]), ctx[1], tgt[2])
+    assert torch.allclose(out[2 * 4 + 2: 2 * 4 + 4], alone, atol=1e-5)
