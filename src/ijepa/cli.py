@@ -84,7 +84,129 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_EXTRA_COMMANDS: list = []
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.run import evaluate, find_checkpoint, format_table, save_results
+
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines else []
+    results = evaluate(args.model, protocols, baselines=baselines, which=args.which, path=args.path,
+                       dataset=args.dataset, root=args.root, train_dir=args.train_dir, test_dir=args.test_dir,
+                       limit=args.limit, pooling=args.pooling, batch_size=args.batch_size,
+                       progress=not args.no_progress, attentive_epochs=args.attentive_epochs)
+    ckpt = find_checkpoint(args.model)
+    default_json = (ckpt.parent if ckpt.is_file() else Path(".")) / f"eval_{'_'.join(protocols)}.json"
+    out = save_results(results, args.json or default_json)
+    print(f"\n{results['dataset']} — {', '.join(protocols)} ({results['models']['pretrained']['source']})")
+    print(format_table(results))
+    print(f"results: {out}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .eval.extract import extract_features, save_features
+    from .eval.run import fashion_mnist_data, folder_data, load_model
+
+    encoder = load_model(args.model, args.which, args.path)
+    if args.dataset == "fashion_mnist":
+        split = getattr(fashion_mnist_data(args.root, args.limit), args.split)
+        feats = extract_features(encoder, split.images, pooling=args.pooling, batch_size=args.batch_size)
+        labels = split.labels
+    else:
+        from .data.datasets import FlatImageFolder
+        from .data.transforms import make_eval_transform
+        spec = encoder.input_spec
+        tf = make_eval_transform(spec["image_size"][0], spec["mean"], spec["std"], in_chans=spec["in_chans"])
+        if args.dataset == "imagefolder":
+            split = folder_data(args.root, args.root, spec).train
+            ds = split.images
+        else:
+            ds = FlatImageFolder(args.root, tf)
+        feats, labels = extract_features(encoder, ds, pooling=args.pooling, batch_size=args.batch_size,
+                                         return_labels=True, prepare=False)
+    path = save_features(args.out, feats, labels)
+    print(f"{tuple(feats.shape)} features ({args.pooling} pooling, {encoder.source}) -> {path}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .interop import convert
+
+    dst = convert(args.src, args.dst, to=args.to, which=args.which, with_predictor=args.with_predictor,
+                  path=args.path)
+    print(f"wrote {dst} ({args.to})")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .interop import describe as describe_models
+
+    print(describe_models())
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="run folder, checkpoint file, transformers/timm folder, our export, or a "
+                                 "published model's name (see `ijepa models`) with --path")
+    p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"],
+                   help="for files holding both: the target (EMA) encoder, as the paper evaluates, or the "
+                        "context encoder")
+    p.add_argument("--path", help="the checkpoint file, when MODEL is a published model's name")
+
+
+def _register_eval_commands(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate an encoder: fmnist-probe, linear, k-NN, low-shot, attentive",
+                       description="Evaluate frozen features. Features are extracted once per model and reused "
+                                   "by every protocol; prints a table and writes JSON.")
+    _add_model_args(e)
+    e.add_argument("--protocol", default="fmnist-probe",
+                   help="comma-separated: fmnist-probe (mean-pooled features, logistic regression on the first "
+                        "10,000 Fashion-MNIST training images, all 10,000 test images), linear (all training "
+                        "images, L2 chosen on a validation split), knn (k=20, T=0.07), lowshot (1/5/10 per class "
+                        "and 1%%, 3 seeds), attentive (cross-attention probe on patch tokens)")
+    e.add_argument("--baselines", default="random,pixels",
+                   help="comma-separated baselines run through the same code: random (same architecture, "
+                        "fresh weights), pixels (raw pixels); '' for none")
+    e.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "folder"])
+    e.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)")
+    e.add_argument("--train-dir", help="with --dataset folder: training images in class sub-folders")
+    e.add_argument("--test-dir", help="with --dataset folder: test images in class sub-folders")
+    e.add_argument("--limit", type=int, help="use only the first N images of each split")
+    e.add_argument("--pooling", default="mean", choices=["mean", "last4"],
+                   help="mean of last-layer patch tokens (paper), or the means of the last 4 layers concatenated")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--attentive-epochs", type=int, default=20)
+    e.add_argument("--json", help="where to write the results (default: beside the checkpoint)")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("extract", help="extract features to .npy or .safetensors",
+                       description="Run a frozen encoder over a dataset and save pooled features (and labels).")
+    _add_model_args(x)
+    x.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"])
+    x.add_argument("--root", help="dataset folder")
+    x.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
+    x.add_argument("--limit", type=int)
+    x.add_argument("--pooling", default="mean", choices=["mean", "last4", "tokens"])
+    x.add_argument("--batch-size", type=int, default=256)
+    x.add_argument("--out", "-o", required=True, help="features file: .npy (labels beside it) or .safetensors")
+    x.set_defaults(func=_cmd_extract)
+
+    c = sub.add_parser("convert", help="convert a checkpoint to transformers, timm or our format",
+                       description="Read any format `ijepa.interop.load` reads; write a transformers IJepaModel "
+                                   "folder (hf), a timm folder or .safetensors (timm), or our .safetensors export.")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--to", default="ijepa", choices=["hf", "timm", "ijepa"])
+    c.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
+    c.add_argument("--with-predictor", action="store_true", help="ijepa format only: keep the predictor")
+    c.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
+    c.set_defaults(func=_cmd_convert)
+
+    m = sub.add_parser("models", help="list the published I-JEPA checkpoints this package knows")
+    m.set_defaults(func=_cmd_models)
+
+
+_EXTRA_COMMANDS: list = [_register_eval_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,17 @@ def read_weights(src: str | os.PathLike | Mapping[str, Any], which: str = "targe
     return _from_object(read_torch_file(p), str(p), which)
 
 
+def run_checkpoint(path: Any) -> Any:
+    """A training run's folder (``ijepa train --out DIR``) stands for its latest checkpoint."""
+    if isinstance(path, (str, os.PathLike)):
+        p = Path(path).expanduser()
+        if p.is_dir() and not (p / "config.json").exists():
+            latest = sorted(p.glob("*-latest.pth.tar"))
+            if latest:
+                return latest[0]
+    return path
+
+
 def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "target_encoder",
          arch: str | Mapping[str, Any] | None = None, img_size: int | tuple[int, int] | None = None,
          with_predictor: bool = False, strict: bool = True, path: str | os.PathLike | None = None
@@ -139,6 +150,7 @@ def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "ta
     if isinstance(path_or_dir, (str, os.PathLike)) and not Path(path_or_dir).expanduser().exists():
         raise CheckpointNotFoundError(f"no checkpoint at {Path(path_or_dir).expanduser()}: the path does not "
                                       f"exist (published model names: {', '.join(registry.PUBLISHED)})")
+    path_or_dir = run_checkpoint(path_or_dir)
     w = read_weights(path_or_dir, which)
     enc_arch, pred_arch = normalise_arch(arch)
     with torch.no_grad():

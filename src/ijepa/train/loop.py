@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.profiler import record_function
 
 from .. import __version__
 from ..config import Config, save_config
@@ -55,18 +56,20 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Modul
               masks_enc: list[torch.Tensor], masks_pred: list[torch.Tensor],
               var_weight: float = 0.0, cov_weight: float = 0.0) -> torch.Tensor:
     B = images.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), record_function("target_forward"):
         h = target_encoder(images)
         h = F.layer_norm(h, h.shape[-1:])
         h = apply_masks(h, masks_pred)  # (npred·B, K, D)
         if len(masks_enc) > 1:  # one copy per context mask, in the predictor's output order
             h = h.view(len(masks_pred), 1, B, *h.shape[1:]).expand(-1, len(masks_enc), -1, -1, -1)
             h = h.reshape(-1, *h.shape[3:])
-    z = encoder(images, masks_enc)
-    loss = F.smooth_l1_loss(predictor(z, masks_enc, masks_pred).float(), h.float())
-    if var_weight or cov_weight:  # optional anti-collapse term (not the paper's): see LossConfig
-        var, cov = vicreg_terms(z.mean(dim=1))
-        loss = loss + var_weight * var + cov_weight * cov
+    with record_function("context_forward"):
+        z = encoder(images, masks_enc)
+    with record_function("predictor_forward"):
+        loss = F.smooth_l1_loss(predictor(z, masks_enc, masks_pred).float(), h.float())
+        if var_weight or cov_weight:  # optional anti-collapse term (not the paper's): see LossConfig
+            var, cov = vicreg_terms(z.mean(dim=1))
+            loss = loss + var_weight * var + cov_weight * cov
     return loss
 
 
@@ -96,12 +99,14 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
         loss = jepa_loss(s.encoder, s.predictor, s.target_encoder, images, masks_enc, masks_pred,
                          s.var_weight, s.cov_weight)
     s.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if s.clip_grad:
-        params = [p for g in s.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, s.clip_grad)
-    s.optimizer.step()
-    with torch.no_grad():  # target <- m·target + (1 - m)·online, all tensors in one fused call
+    with record_function("backward"):
+        loss.backward()
+    with record_function("optimizer"):
+        if s.clip_grad:
+            params = [p for g in s.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, s.clip_grad)
+        s.optimizer.step()
+    with torch.no_grad(), record_function("ema"):  # target <- m·target + (1 - m)·online, one fused call
         torch._foreach_lerp_(s.ema_pairs[0], s.ema_pairs[1], 1.0 - momentum)
     return loss.detach()
 

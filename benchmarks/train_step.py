@@ -1,0 +1,196 @@
+"""Training-step benchmark: images/s, step-time breakdown, peak memory and model-FLOP utilisation.
+
+    python benchmarks/train_step.py                                   # ViT-tiny/4, 32 px, batch 128, fp32 + bf16
+    python benchmarks/train_step.py --arch vit_base --patch 16 --img 224 --batch 64 --device cuda --compile
+
+Each configuration (dtype × eager/compile) runs in a fresh subprocess so its peak memory (CUDA: max allocated;
+CPU: the process's peak RSS growth over the model set-up) is its own. The matmul peak of the same dtype is
+measured in the same run (a large square matmul), and the script prints every ratio against the fp32 eager
+step measured in the same run. The breakdown comes from ``record_function`` labels inside the real
+``train_step`` (no copy of the step lives here). Writes a table to stdout and JSON to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PHASES = ["data", "masks", "target_forward", "context_forward", "predictor_forward", "backward", "optimizer", "ema"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul in ``dtype``: the achievable peak that MFU is measured against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ijepa.config import load_config
+    from ijepa.data.transforms import BatchRandomResizedCrop
+    from ijepa.masks import MaskConfig, MultiBlockMaskSampler
+    from ijepa.train.loop import TrainState, build_models, build_optimizer, train_step
+    from ijepa.train.schedules import Schedules
+
+    device = torch.device(args.device)
+    bf16 = args.dtype == "bf16"
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cfg = load_config(None, [f"meta.model_name={args.arch}", f"mask.patch_size={args.patch}",
+                             f"data.crop_size={args.img}", f"data.in_chans={args.chans}", "data.mean=null",
+                             "data.std=null", f"data.batch_size={args.batch}", f"meta.pred_depth={args.pred_depth}",
+                             f"meta.pred_emb_dim={args.pred_dim}", "meta.enc_depth=null", "loss.var_weight=0",
+                             "loss.cov_weight=0", "mask.min_keep=4"] + args.override)
+    torch.manual_seed(0)
+    spec = {"image_size": (args.img, args.img), "in_chans": args.chans, "mean": (0.5,) * args.chans,
+            "std": (0.5,) * args.chans}
+    enc, pred, tgt = build_models(cfg, spec)
+    enc, pred, tgt = enc.to(device), pred.to(device), tgt.to(device)
+    opt = build_optimizer(enc, pred, cfg, device)
+    fe, fp, ft = (torch.compile(m) for m in (enc, pred, tgt)) if args.compile else (enc, pred, tgt)
+    state = TrainState(fe, fp, ft, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
+                       ema_pairs=(list(tgt.parameters()), list(enc.parameters())))
+    sampler = MultiBlockMaskSampler(enc.grid_size, MaskConfig(min_keep=4))
+    crop = BatchRandomResizedCrop(args.img, scale=(0.3, 1.0))
+    raw = torch.randint(0, 256, (args.batch, args.chans, args.img, args.img), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    # One mask geometry for every timed step: the figure is the step's cost, not oneDNN's shape cache.
+    masks = sampler(args.batch, g)
+    masks = ([m.to(device) for m in masks[0]], [m.to(device) for m in masks[1]])
+
+    def step(i: int) -> None:
+        x = crop(raw.to(device), torch.Generator().manual_seed(i))
+        train_step(state, x, *masks, i)
+
+    for i in range(args.warmup):
+        step(i)
+    _sync(device)
+    times = []
+    for i in range(args.steps):
+        t = time.perf_counter()
+        step(i)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+
+    # Breakdown: the labels inside train_step, plus data and masks timed here.
+    t = time.perf_counter()
+    for i in range(5):
+        crop(raw.to(device), torch.Generator().manual_seed(i))
+    _sync(device)
+    data_s = (time.perf_counter() - t) / 5
+    t = time.perf_counter()
+    for i in range(5):
+        sampler(args.batch, torch.Generator().manual_seed(i))
+    mask_s = (time.perf_counter() - t) / 5
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(3):
+            train_step(state, crop(raw.to(device), g), *masks, i)
+        _sync(device)
+    phases = {"data": data_s, "masks": mask_s}
+    for ev in prof.key_averages():
+        if ev.key in PHASES:
+            total = ev.device_time_total if device.type == "cuda" else ev.cpu_time_total
+            phases[ev.key] = total / 3 / 1e6
+
+    with FlopCounterMode(display=False) as fc:
+        train_step(state, crop(raw.to(device), g), *masks, 0)
+    flops_per_image = fc.get_total_flops() / args.batch
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = matmul_peak(dtype, device)
+    if device.type == "cuda":
+        mem = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        mem = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024  # KiB -> MiB (Linux)
+    return {"dtype": args.dtype, "compile": args.compile, "step_ms": step_s * 1e3,
+            "images_per_s": args.batch / step_s, "peak_mem_mib": mem, "gflop_per_image": flops_per_image / 1e9,
+            "achieved_tflops": flops_per_image * args.batch / step_s / 1e12, "matmul_peak_tflops": peak / 1e12,
+            "mfu": flops_per_image * args.batch / step_s / peak,
+            "phases_ms": {k: v * 1e3 for k, v in phases.items()},
+            "tokens": {"context": int(masks[0][0].shape[1]), "target": int(masks[1][0].shape[1])}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="vit_tiny")
+    p.add_argument("--patch", type=int, default=4)
+    p.add_argument("--img", type=int, default=32)
+    p.add_argument("--chans", type=int, default=3)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--pred-depth", type=int, default=6)
+    p.add_argument("--pred-dim", type=int, default=384)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile for each dtype")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", default="benchmarks/results/train_step.json")
+    p.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    runs = []
+    for dtype in args.dtypes.split(","):
+        for comp in ([False, True] if args.compile else [False]):
+            cmd = [sys.executable, __file__, "--worker", "--dtype", dtype, "--arch", args.arch, "--patch",
+                   str(args.patch), "--img", str(args.img), "--chans", str(args.chans), "--batch", str(args.batch),
+                   "--pred-depth", str(args.pred_depth), "--pred-dim", str(args.pred_dim), "--device", args.device,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if comp else [])
+            if args.override:
+                cmd += ["--override", *args.override]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"worker failed ({dtype}, compile={comp}):\n{out.stderr[-3000:]}")
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    base = runs[0]["step_ms"]
+    title = (f"{args.arch}/{args.patch} at {args.img} px, batch {args.batch}, predictor {args.pred_depth}x"
+             f"{args.pred_dim}, {args.device} ({torch.get_num_threads()} threads)")
+    print(title)
+    print(f"{'config':<14}{'step ms':>9}{'img/s':>8}{'vs fp32':>9}{'peak MiB':>10}{'GFLOP/img':>11}"
+          f"{'TFLOP/s':>9}{'peak':>8}{'MFU':>7}")
+    for r in runs:
+        name = r["dtype"] + (" compile" if r["compile"] else " eager")
+        print(f"{name:<14}{r['step_ms']:>9.1f}{r['images_per_s']:>8.1f}{base / r['step_ms']:>8.2f}x"
+              f"{r['peak_mem_mib']:>10.0f}{r['gflop_per_image']:>11.3f}{r['achieved_tflops']:>9.3f}"
+              f"{r['matmul_peak_tflops']:>8.3f}{100 * r['mfu']:>6.1f}%")
+    print("\nbreakdown (ms per step): " + ", ".join(PHASES))
+    for r in runs:
+        name = r["dtype"] + (" compile" if r["compile"] else " eager")
+        print(f"{name:<14}" + " ".join(f"{r['phases_ms'].get(k, float('nan')):>8.1f}" for k in PHASES))
+    print(f"\nmask sampling per batch of {args.batch}: {runs[0]['phases_ms']['masks']:.2f} ms "
+          f"({100 * runs[0]['phases_ms']['masks'] / base:.2f}% of the fp32 step)")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"title": title, "args": vars(args), "runs": runs}, indent=2))
+    print(f"results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

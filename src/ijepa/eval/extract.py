@@ -1,0 +1,382 @@
+"""Frozen-feature extraction from any encoder.
+
+An encoder here is any ``nn.Module`` whose ``forward(images)`` returns patch tokens (B, N, D). Its
+``input_spec`` (``{"image_size", "in_chans", "mean", "std"}``) says what images it expects; everything that
+turns raw images into that input lives in :func:`prepare_images`, so the random-init and pixel baselines go
+through exactly the same preprocessing as a trained model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["POOLINGS", "bf16_supported", "default_input_spec", "extract_features", "load_features",
+           "prepare_images", "resolve_input_spec", "save_features"]
+
+POOLINGS = ("mean", "last4", "tokens")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# input spec and preprocessing
+# ----------------------------------------------------------------------------------------------------------
+
+def _pair(x: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    h, w = x
+    return (int(h), int(w))
+
+
+def default_input_spec(encoder: nn.Module | None = None) -> dict[str, Any]:
+    """The spec assumed for an encoder that does not declare one: its ``img_size``/``in_chans`` attributes
+    when present (else 224 px RGB), ImageNet statistics for 3 channels and 0.5/0.5 otherwise (the same
+    fallback as ``ijepa.models.vit``)."""
+    size = _pair(getattr(encoder, "img_size", 224) or 224)
+    c = int(getattr(encoder, "in_chans", 3) or 3)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
+    return {"image_size": size, "in_chans": c, "mean": mean, "std": std}
+
+
+def resolve_input_spec(encoder: nn.Module | None = None, input_spec: dict | None = None) -> dict[str, Any]:
+    """Complete a (possibly partial or missing) spec: explicit ``input_spec`` > ``encoder.input_spec`` >
+    :func:`default_input_spec`, key by key."""
+    spec = default_input_spec(encoder)
+    spec.update(getattr(encoder, "input_spec", None) or {})
+    spec.update(input_spec or {})
+    spec["image_size"] = _pair(spec["image_size"])
+    spec["in_chans"] = int(spec["in_chans"])
+    c = spec["in_chans"]
+    for key in ("mean", "std"):
+        v = tuple(float(t) for t in np.atleast_1d(np.asarray(spec[key], dtype=np.float64)))
+        # A single statistic given for a multi-channel encoder applies to every channel.
+        spec[key] = v * c if len(v) == 1 and c > 1 else v
+        if len(spec[key]) != c:
+            raise ValueError(f"input_spec {key}={spec[key]} does not have in_chans={c} entries")
+    return spec
+
+
+def _to_tensor(images: Any) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images
+    if hasattr(images, "mode") and hasattr(images, "size") and hasattr(images, "convert"):  # PIL image
+        if images.mode not in ("L", "RGB"):
+            images = images.convert("RGB")
+        arr = np.asarray(images)
+        t = torch.from_numpy(arr.copy())
+        return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def prepare_images(images: torch.Tensor | np.ndarray, input_spec: dict | None = None, *,
+                   normalize: bool = True) -> torch.Tensor:
+    """Turn a batch of raw images into the encoder's input (float32, (N, C, H, W), on the input's device).
+
+    ``images``: uint8 (0..255) or float in [0, 1], shaped (N, H, W), (N, C, H, W) or channels-last
+    (N, H, W, C) with C in {1, 3, 4}. Images are resized (bicubic, antialiased, clamped back to [0, 1]) to
+    ``input_spec["image_size"]`` when different, channels are repeated (grey -> RGB), averaged (RGB ->
+    grey) or stripped of alpha to match ``in_chans``, and normalised with the spec's mean/std unless
+    ``normalize=False`` (the raw-pixel baseline wants [0, 1] pixels)."""
+    spec = resolve_input_spec(None, input_spec)
+    x = _to_tensor(images)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        x = x.permute(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise ValueError(f"expected images shaped (N,H,W) or (N,C,H,W), got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif not x.is_floating_point():
+        raise TypeError(f"images must be uint8 or float in [0, 1], got {x.dtype}")
+    else:
+        x = x.float()
+
+    c = spec["in_chans"]
+    if x.shape[1] == 4 and c != 4:
+        x = x[:, :3]  # alpha carries no content an encoder was trained on
+    if x.shape[1] != c:
+        if x.shape[1] == 1:
+            x = x.expand(-1, c, -1, -1)
+        elif c == 1:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            raise ValueError(f"cannot map {x.shape[1]}-channel images to an encoder with in_chans={c}")
+
+    size = spec["image_size"]
+    if tuple(x.shape[-2:]) != size:
+        # antialias matches PIL when shrinking; bicubic overshoots, so clamp back into the pixel range
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+
+    if normalize:
+        mean = torch.tensor(spec["mean"], dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        std = torch.tensor(spec["std"], dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        x = (x - mean) / std
+    return x.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# extraction
+# ----------------------------------------------------------------------------------------------------------
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether bf16 autocast is worth using on ``device``: CUDA with native bf16, or a CPU with AMX or
+    AVX512-BF16 instructions (without them CPU bf16 is emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    # get_cpu_capability() only names the widest vector ISA ("AVX512" even on a CPU with avx512_bf16), so
+    # prefer torch's own instruction probes, which exist since 2.1.
+    names = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    probes = [getattr(torch.cpu, name, None) for name in names]
+    probes = [p for p in probes if p is not None]
+    if probes:
+        try:
+            return any(bool(p()) for p in probes)
+        except RuntimeError:
+            pass
+    cap = torch.backends.cpu.get_cpu_capability().upper()
+    return "AMX" in cap or "BF16" in cap
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {dtype!r}")
+    use = dtype == "bf16" or (dtype == "auto" and bf16_supported(device))
+    if not use or device.type not in ("cuda", "cpu"):
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _encoder_device(encoder: nn.Module) -> torch.device:
+    for t in encoder.parameters():
+        return t.device
+    for t in encoder.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _pool(encoder: nn.Module, x: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "last4":
+        if not hasattr(encoder, "get_intermediate_layers"):
+            raise TypeError(f"{type(encoder).__name__} has no get_intermediate_layers(); use pooling='mean'")
+        layers = encoder.get_intermediate_layers(x, n=4)
+        return torch.cat([t.mean(dim=1) if t.ndim == 3 else t for t in layers], dim=-1)
+    out = encoder(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if pooling == "tokens":
+        if out.ndim != 3:
+            raise ValueError(f"pooling='tokens' needs (B, N, D) encoder output, got {tuple(out.shape)}")
+        return out
+    return out.mean(dim=1) if out.ndim == 3 else out  # an already-pooled (B, D) output is kept as is
+
+
+class _PrepareCollate:
+    """Collate (image, label) items of any image type/size: corrupt items (``None``, or a ``None`` image)
+    are dropped, each image is brought to the encoder's input individually (sizes may differ)."""
+
+    def __init__(self, spec: dict | None):
+        self.spec = spec
+
+    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        imgs, labels = [], []
+        for item in items:
+            img, label = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            if img is None:
+                continue
+            t = _to_tensor(img)
+            if t.ndim == 2:
+                t = t[None]
+            if self.spec is not None:
+                t = prepare_images(t[None], self.spec)[0]
+            imgs.append(t)
+            labels.append(label)
+        if not imgs:
+            return torch.empty(0), None
+        y = None if any(lb is None for lb in labels) else torch.as_tensor(
+            [int(lb) for lb in labels], dtype=torch.long)
+        return torch.stack(imgs), y
+
+
+def _batches(data: Any, batch_size: int, spec: dict | None
+             ) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor | None, bool]], int | None]:
+    """Yield (images, labels, already_prepared) batches and the number of images when known."""
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        n = len(data)
+
+        def gen():
+            for i in range(0, n, batch_size):
+                yield _to_tensor(data[i:i + batch_size]), None, False
+        return gen(), n
+    if isinstance(data, DataLoader):
+        loader, prepared = data, False
+    elif isinstance(data, Dataset) or hasattr(data, "__getitem__"):
+        loader, prepared = DataLoader(data, batch_size=batch_size, shuffle=False,
+                                      collate_fn=_PrepareCollate(spec)), spec is not None
+    else:
+        raise TypeError(f"cannot extract features from {type(data).__name__}; pass a tensor of images, a "
+                        "Dataset or a DataLoader")
+    try:
+        n = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        n = None
+
+    def gen_loader():
+        for batch in loader:
+            if isinstance(batch, (tuple, list)):
+                imgs, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+            else:
+                imgs, labels = batch, None
+            if labels is not None and not isinstance(labels, torch.Tensor):
+                labels = torch.as_tensor(labels)
+            yield imgs, labels, prepared
+    return gen_loader(), n
+
+
+def extract_features(encoder: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+                     images_or_dataset: torch.Tensor | np.ndarray | Dataset | DataLoader, *,
+                     pooling: str = "mean", batch_size: int = 256, device: torch.device | str | None = None,
+                     dtype: str = "auto", progress: bool = True, prepare: bool = True,
+                     input_spec: dict | None = None, return_labels: bool = False
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of frozen ``encoder`` for every image, as float32 on the CPU, in input order.
+
+    ``pooling``: ``"mean"`` — average of the last layer's patch tokens, (N, D) (the I-JEPA paper's linear
+    probe input); ``"last4"`` — concatenated token averages of the last 4 layers, (N, 4D); ``"tokens"`` — all
+    patch tokens, (N, T, D), for the attentive probe.
+
+    ``images_or_dataset``: raw images (see :func:`prepare_images`), or a Dataset / DataLoader yielding
+    ``(image, label)``. A Dataset's items may be PIL images, arrays or tensors of any size; items that are
+    ``None`` (or have a ``None`` image) are skipped, so pass ``return_labels=True`` to get the labels that
+    match the rows. A DataLoader's batches are used as given (``prepare=False`` when its transform already
+    normalises). ``dtype="auto"`` uses bf16 autocast where the device runs it natively (see
+    :func:`bf16_supported`); ``"fp32"`` gives batch-size-independent results.
+
+    ``device``: where images are sent, by default the encoder's own device (the encoder is not moved).
+    The encoder is put in eval mode for the extraction and its previous mode restored afterwards.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    dev = torch.device(device) if device is not None else (
+        _encoder_device(encoder) if isinstance(encoder, nn.Module) else torch.device("cpu"))
+    spec = resolve_input_spec(encoder, input_spec) if prepare else None
+    batches, total = _batches(images_or_dataset, batch_size, spec)
+
+    from tqdm.auto import tqdm  # imported here so that importing ijepa.eval stays light
+
+    was_training = encoder.training if isinstance(encoder, nn.Module) else None
+    if isinstance(encoder, nn.Module):
+        encoder.eval()  # dropout / drop-path off: features must not depend on the batch or on chance
+    # Filled in place when the image count is known: all-token features can be gigabytes, and
+    # concatenating a list of batches would need twice that at the end.
+    out: torch.Tensor | None = None
+    feats: list[torch.Tensor] = []
+    filled = n_out = 0
+    labels: list[torch.Tensor] = []
+    have_labels = True
+    try:
+        with tqdm(total=total, disable=not progress, unit="img", desc=f"features ({pooling})",
+                  dynamic_ncols=True) as bar:
+            for imgs, lbls, prepared in batches:
+                if imgs.numel() == 0:
+                    continue
+                imgs = imgs.to(dev, non_blocking=True)
+                # Preprocess on the target device: the uint8 batch is 4x smaller to move than the floats.
+                x = prepare_images(imgs, spec) if (spec is not None and not prepared) else imgs.float()
+                with torch.inference_mode(), _autocast(dev, dtype):
+                    f = _pool(encoder, x, pooling)
+                # Copied (outside inference mode) into ordinary tensors, which autograd can use later.
+                f = f.float()
+                if total is not None and out is None:
+                    out = torch.empty((total, *f.shape[1:]), dtype=torch.float32)
+                if out is not None and not feats and n_out + len(f) <= len(out):
+                    out[n_out:n_out + len(f)] = f.cpu()
+                    n_out += len(f)
+                else:
+                    feats.append(f.cpu().clone())
+                filled += len(f)
+                if lbls is None:
+                    have_labels = False
+                else:
+                    labels.append(lbls.reshape(-1).long().cpu())
+                bar.update(len(x))
+    finally:
+        if was_training:
+            encoder.train()
+    if filled == 0:
+        raise ValueError("no images to extract features from")
+    if out is None:
+        out = torch.cat(feats)
+    else:
+        if n_out < len(out):  # corrupt images were dropped
+            out = out[:n_out].clone()
+        if feats:  # a loader yielded more than its len() promised
+            out = torch.cat([out, *feats])
+    if return_labels:
+        return out, (torch.cat(labels) if have_labels and labels else None)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# saving
+# ----------------------------------------------------------------------------------------------------------
+
+def _labels_path(path: Path) -> Path:
+    return path.with_name(path.stem + "_labels.npy")
+
+
+def save_features(path: str | os.PathLike, feats: torch.Tensor | np.ndarray,
+                  labels: torch.Tensor | np.ndarray | None = None) -> Path:
+    """Write features by extension: ``.npy`` (labels to a sibling ``<stem>_labels.npy``) or ``.safetensors``
+    (tensors ``features`` and ``labels``). Returns the path written."""
+    path = Path(path)
+    feats_t = torch.as_tensor(feats).detach().cpu().contiguous()
+    labels_t = None if labels is None else torch.as_tensor(labels).detach().cpu().contiguous()
+    if labels_t is not None and len(labels_t) != len(feats_t):
+        raise ValueError(f"{len(feats_t)} feature rows but {len(labels_t)} labels")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        np.save(path, feats_t.numpy())
+        if labels_t is not None:
+            np.save(_labels_path(path), labels_t.numpy())
+    elif suffix == ".safetensors":
+        from safetensors.torch import save_file
+        tensors = {"features": feats_t}
+        if labels_t is not None:
+            tensors["labels"] = labels_t
+        save_file(tensors, str(path))
+    else:
+        raise ValueError(f"unsupported feature file extension {path.suffix!r}; use .npy or .safetensors")
+    return path
+
+
+def load_features(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Read what :func:`save_features` wrote: ``(features, labels or None)``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        feats = torch.from_numpy(np.load(path))
+        lp = _labels_path(path)
+        return feats, (torch.from_numpy(np.load(lp)) if lp.is_file() else None)
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+        d = load_file(str(path))
+        return d["features"], d.get("labels")
+    raise ValueError(f"unsupported feature file extension {path.suffix!r}; use .npy or .safetensors")

@@ -1,0 +1,205 @@
+"""``ijepa eval``: run protocols on an encoder and its baselines, with features extracted once per model.
+
+A model is a run folder (its ``*-latest.pth.tar``), any file or folder ``ijepa.interop.load`` reads, or a
+published model's registry name with ``path=``. Baselines use the same code path: ``random`` is an encoder of
+the same architecture and input spec with fresh weights, ``pixels`` the raw [0, 1] pixels (flattened; as
+patch tokens for the attentive probe).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data.fashion_mnist import load_fashion_mnist
+from ..models.vit import VisionTransformer
+from .attentive import train_attentive_probe
+from .extract import extract_features
+from .knn import knn_accuracy
+from .linear import fmnist_probe, linear_probe, pixel_features
+from .lowshot import lowshot_eval
+
+PROTOCOLS = ("fmnist-probe", "linear", "knn", "lowshot", "attentive")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A run folder -> its latest checkpoint; anything else is returned as is."""
+    from ..interop.load import run_checkpoint
+    return Path(run_checkpoint(path))
+
+
+def load_model(spec: str, which: str = "target_encoder", path: str | None = None) -> VisionTransformer:
+    from ..interop import load
+    return load(spec, which=which, path=path)
+
+
+def random_like(encoder: VisionTransformer, seed: int = 0) -> VisionTransformer:
+    torch.manual_seed(seed)
+    rnd = VisionTransformer(**encoder.arch_dict(), input_spec=getattr(encoder, "input_spec", None))
+    rnd.source = "random init (same architecture)"
+    return rnd.eval()
+
+
+@dataclass
+class Split:
+    images: Any                    # uint8 tensor (N, H, W) / (N, C, H, W), or a Dataset of (image, label)
+    labels: torch.Tensor
+
+
+@dataclass
+class EvalData:
+    name: str
+    train: Split
+    test: Split
+    cache: dict = field(default_factory=dict)
+
+
+def fashion_mnist_data(root: str | None = None, limit: int | None = None) -> EvalData:
+    xtr, ytr = load_fashion_mnist(root, train=True)
+    xte, yte = load_fashion_mnist(root, train=False)
+    if limit:
+        xtr, ytr, xte, yte = xtr[:limit], ytr[:limit], xte[:limit], yte[:limit]
+    return EvalData("fashion_mnist", Split(xtr, ytr), Split(xte, yte))
+
+
+def folder_data(train_dir: str, test_dir: str, spec: dict) -> EvalData:
+    from ..data.datasets import ImageFolderDataset
+    from ..data.transforms import make_eval_transform
+    size = spec["image_size"][0]
+    tf = make_eval_transform(size, spec["mean"], spec["std"], in_chans=spec["in_chans"])
+    tr, te = ImageFolderDataset(train_dir, tf), ImageFolderDataset(test_dir, tf)
+    return EvalData(Path(train_dir).parent.name, Split(tr, torch.tensor(tr.targets)),
+                    Split(te, torch.tensor(te.targets)))
+
+
+def _features(model: Any, split: Split, pooling: str, batch_size: int, progress: bool) -> tuple:
+    if model == "pixels":
+        if isinstance(split.images, torch.Tensor):
+            x = split.images.float() / 255.0
+            return pixel_features(split.images) if pooling != "tokens" else _pixel_tokens(x), split.labels
+        feats, labels = [], []
+        for img, y in split.images:
+            feats.append(img.flatten() if pooling != "tokens" else _pixel_tokens(img[None])[0])
+            labels.append(y)
+        return torch.stack(feats), torch.tensor(labels)
+    if isinstance(split.images, torch.Tensor):
+        return extract_features(model, split.images, pooling=pooling, batch_size=batch_size,
+                                progress=progress), split.labels
+    return extract_features(model, split.images, pooling=pooling, batch_size=batch_size, progress=progress,
+                            return_labels=True, prepare=False)
+
+
+def _pixel_tokens(x: torch.Tensor, patch: int = 4) -> torch.Tensor:
+    if x.ndim == 3:
+        x = x[:, None]
+    return F.unfold(x.float(), patch, stride=patch).transpose(1, 2)  # (N, patches, C·p·p)
+
+
+def features(model: Any, key: str, data: EvalData, split: str, pooling: str, batch_size: int = 256,
+             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of one split, extracted once per (model, split, pooling) and reused by every protocol."""
+    ck = (key, split, pooling)
+    if ck not in data.cache:
+        data.cache[ck] = _features(model, getattr(data, split), pooling, batch_size, progress)
+    return data.cache[ck]
+
+
+def run_protocol(protocol: str, model: Any, key: str, data: EvalData, *, pooling: str = "mean",
+                 batch_size: int = 256, progress: bool = True, lowshot_shots=(1, 5, 10, "1%"),
+                 attentive_epochs: int = 20, root: str | None = None) -> dict:
+    t0 = time.perf_counter()
+    if protocol == "fmnist-probe":
+        res = fmnist_probe(model, root=root, progress=progress)
+        out = {"accuracy": res["accuracy"], "best_wd": res.get("best_wd")}
+    elif protocol == "attentive":
+        tr, ytr = features(model, key, data, "train", "tokens", batch_size, progress)
+        te, yte = features(model, key, data, "test", "tokens", batch_size, progress)
+        res = train_attentive_probe(tr, ytr, te, yte, epochs=attentive_epochs, progress=progress)
+        out = {"accuracy": res["accuracy"]}
+    else:
+        tr, ytr = features(model, key, data, "train", pooling, batch_size, progress)
+        te, yte = features(model, key, data, "test", pooling, batch_size, progress)
+        if protocol == "linear":
+            res = linear_probe(tr, ytr, te, yte)
+            out = {"accuracy": res["accuracy"], "best_wd": res.get("best_wd")}
+        elif protocol == "knn":
+            out = {"accuracy": knn_accuracy(tr, ytr, te, yte, k=20, T=0.07)}
+        elif protocol == "lowshot":
+            res = lowshot_eval(tr, ytr, te, yte, shots=lowshot_shots)
+            out = {"shots": {str(k): {"mean": m, "std": s} for k, (m, s) in res.items()}}
+        else:
+            raise ValueError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def evaluate(model_spec: str, protocols: list[str], *, baselines: list[str] = (), which: str = "target_encoder",
+             path: str | None = None, dataset: str = "fashion_mnist", root: str | None = None,
+             train_dir: str | None = None, test_dir: str | None = None, limit: int | None = None,
+             pooling: str = "mean", batch_size: int = 256, progress: bool = True,
+             attentive_epochs: int = 20) -> dict:
+    """{"models": {name: {"source": ..., protocol: result}}, ...}; names: "pretrained", "random", "pixels"."""
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"unknown protocol '{p}' (choose from {', '.join(PROTOCOLS)})")
+    encoder = load_model(model_spec, which, path)
+    models: dict[str, Any] = {"pretrained": encoder}
+    for b in baselines:
+        if b == "random":
+            models["random"] = random_like(encoder)
+        elif b == "pixels":
+            models["pixels"] = "pixels"
+        else:
+            raise ValueError(f"unknown baseline '{b}' (random, pixels)")
+    if dataset == "fashion_mnist":
+        data = fashion_mnist_data(root, limit)
+    elif dataset == "folder":
+        if not (train_dir and test_dir):
+            raise ValueError("dataset 'folder' needs --train-dir and --test-dir (class sub-folders)")
+        data = folder_data(train_dir, test_dir, encoder.input_spec)
+    else:
+        raise ValueError(f"unknown dataset '{dataset}' (fashion_mnist, folder)")
+    if "fmnist-probe" in protocols and dataset != "fashion_mnist":
+        raise ValueError("the fmnist-probe protocol is defined on Fashion-MNIST only")
+    results: dict[str, Any] = {"model": str(model_spec), "dataset": data.name, "pooling": pooling, "models": {}}
+    for name, model in models.items():
+        entry = {"source": getattr(model, "source", "raw pixels") if model != "pixels" else "raw pixels"}
+        for p in protocols:
+            entry[p] = run_protocol(p, model, name, data, pooling=pooling, batch_size=batch_size,
+                                    progress=progress, attentive_epochs=attentive_epochs, root=root)
+        results["models"][name] = entry
+    return results
+
+
+def format_table(results: dict) -> str:
+    protocols = [k for k in next(iter(results["models"].values())) if k != "source"]
+    cols = []
+    for p in protocols:
+        first = results["models"]["pretrained"][p]
+        cols += [f"{p} {k}-shot" for k in first["shots"]] if "shots" in first else [p]
+    width = max(12, *(len(c) for c in cols))
+    lines = [f"{'model':<12}" + "".join(f"{c:>{width + 2}}" for c in cols)]
+    for name, entry in results["models"].items():
+        cells = []
+        for p in protocols:
+            r = entry[p]
+            if "shots" in r:
+                cells += [f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" for v in r["shots"].values()]
+            else:
+                cells.append(f"{100 * r['accuracy']:.2f}%")
+        lines.append(f"{name:<12}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    return "\n".join(lines)
+
+
+def save_results(results: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+    return path
+

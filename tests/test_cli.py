@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ijepa.cli import main
+
+TINY = ["data.limit=256", "data.batch_size=32", "meta.enc_depth=1", "meta.pred_depth=1", "meta.pred_emb_dim=48",
+        "optimization.epochs=1", "optimization.warmup=0.2", "logging.progress=false", "meta.use_bfloat16=false"]
+
+
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("train", "config", "eval", "extract", "convert", "models"):
+        assert cmd in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--config" in out and "--out" in out and "key=value" in out and "ijepa config --keys" in out
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "ijepa", "config", "--list"], capture_output=True, text=True)
+    assert r.returncode == 0 and "fmnist_cpu" in r.stdout and "in1k_vith14_ep300" in r.stdout
+
+
+def test_config_error_is_one_line_and_nothing_starts(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "optimization.lr=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ijepa: config error: fmnist_cpu.yaml: optimization.lr must be >= 0, got -1.0"
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing.pth.tar"), "--protocol", "knn"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_then_eval_extract_and_convert(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--protocol", "linear,knn", "--limit", "300", "--no-progress",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    for name in ("pretrained", "random", "pixels"):
+        assert name in out
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert set(res["models"]) == {"pretrained", "random", "pixels"}
+    assert 0.1 < res["models"]["pixels"]["knn"]["accuracy"] <= 1.0
+    assert main(["extract", str(run), "--limit", "50", "--out", str(tmp_path / "f.npy")]) == 0
+    import numpy as np
+    assert np.load(tmp_path / "f.npy").shape == (50, 192)
+    assert main(["convert", str(run), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    from transformers import IJepaModel
+
+    import ijepa
+    hf = IJepaModel.from_pretrained(tmp_path / "hf").eval()
+    ours = ijepa.load(str(run))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(hf(pixel_values=x).last_hidden_state, ours(x), atol=1e-5)
