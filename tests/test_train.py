@@ -198,3 +198,24 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(tmp_path):
     for part in ("encoder", "predictor", "target"):
         for k, v in single[part].items():
             assert torch.allclose(v, ddp[part][k], atol=1e-6, rtol=0), (part, k, (v - ddp[part][k]).abs().max())
+
+
+def test_training_streams_from_tar_shards(tmp_path):
+    from PIL import Image
+
+    from ijepa.data.shards import write_shards
+    src = tmp_path / "imgs"
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(20):
+            arr = (torch.rand(20, 20, 3, generator=g) * 255).byte().numpy()
+            Image.fromarray(arr).save(src / c / f"{i:03d}.png")
+    (src / "a" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    write_shards(src, tmp_path / "shards", max_count=8)
+    cfg = load_config(None, TINY + ["data.dataset=shards", f"data.root_path={tmp_path / 'shards'}",
+                                    "data.crop_size=16", "data.in_chans=3", "data.num_workers=0", "data.limit=null",
+                                    "data.batch_size=41", "optimization.max_steps=2", "mask.patch_size=4"])
+    with pytest.warns(Warning, match="bad|not"):
+        summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 2 and summary["skipped_images"] == 2  # the corrupt file, once per epoch

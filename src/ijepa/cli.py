@@ -137,6 +137,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from .data.shards import shards_command
+
+    return shards_command(args.src, args.dst, labelled=not args.unlabelled, max_count=args.max_count,
+                          max_bytes=args.max_bytes, prefix=args.prefix, shuffle_seed=args.shuffle_seed,
+                          overwrite=args.overwrite)
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .interop import describe as describe_models
 
@@ -201,6 +209,14 @@ def _register_eval_commands(sub) -> None:
     c.add_argument("--with-predictor", action="store_true", help="ijepa format only: keep the predictor")
     c.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
     c.set_defaults(func=_cmd_convert)
+
+    sh = sub.add_parser("shards", help="pack an image folder into WebDataset-style tar shards for training",
+                        description="Pack a folder (class sub-folders, or any tree with --unlabelled) into tar "
+                                    "shards with an index.json; train on them with data.dataset=shards "
+                                    "data.root_path=DST. Image bytes are copied, never re-encoded.")
+    from .data.shards import build_arg_parser
+    build_arg_parser(sh)
+    sh.set_defaults(func=_cmd_shards)
 
     m = sub.add_parser("models", help="list the published I-JEPA checkpoints this package knows")
     m.set_defaults(func=_cmd_models)

@@ -63,9 +63,10 @@ class MetaConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["imagefolder", "folder", "fashion_mnist"] = _f(
+    dataset: Literal["imagefolder", "folder", "shards", "fashion_mnist"] = _f(
         "imagefolder", "imagefolder: class sub-folders under root_path/image_folder/train (ImageNet layout); "
                        "folder: every image under root_path/image_folder, unlabelled; "
+                       "shards: WebDataset-style tar shards under root_path/image_folder (`ijepa shards` makes them); "
                        "fashion_mnist: the IDX files under root_path (default /usr/share/datasets/fashion-mnist)")
     root_path: str | None = _f(None, "dataset root")
     image_folder: str = _f("", "sub-folder of root_path (the reference's key)")
@@ -94,7 +95,7 @@ class DataConfig:
                 raise ConfigError(f"data.{key} has {len(v)} values but data.in_chans is {self.in_chans}")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ConfigError("data.std values must be > 0")
-        if self.dataset in ("imagefolder", "folder") and not self.root_path:
+        if self.dataset in ("imagefolder", "folder", "shards") and not self.root_path:
             raise ConfigError(f"data.root_path is required for data.dataset={self.dataset}")
 
 

@@ -26,7 +26,12 @@ from .transforms import (
     normalize_batch,
 )
 
+from .shards import ShardDataset, build_shard_loader, write_shards
+
 __all__ = [
+    "ShardDataset",
+    "build_shard_loader",
+    "write_shards",
     "IMG_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

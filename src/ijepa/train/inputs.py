@@ -23,6 +23,7 @@ from ..data.fashion_mnist import MEAN as FMNIST_MEAN
 from ..data.fashion_mnist import STD as FMNIST_STD
 from ..data.fashion_mnist import load_fashion_mnist
 from ..data.loader import InMemoryBatches, build_loader
+from ..data.shards import ShardDataset, build_shard_loader
 from ..data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -102,14 +103,21 @@ class _SeededTransform(torch.utils.data.Dataset):
 
 
 class LoaderPipeline:
+    """Folders (map-style, a resumable sampler) or tar shards (iterable, resumable by itself)."""
+
     def __init__(self, dataset, cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device,
                  mean: tuple[float, ...], std: tuple[float, ...], eval_dataset):
         self.cfg, self.dist, self.device = cfg, dist, device
-        self.dataset = _SeededTransform(dataset, seed)
         self.eval_dataset = eval_dataset
-        self.loader, self.sampler = build_loader(
-            self.dataset, cfg.batch_size, rank=dist.rank, world_size=dist.world_size, seed=seed,
-            num_workers=cfg.num_workers, pin_memory=cfg.pin_mem and device.type == "cuda", drop_last=True)
+        pin = cfg.pin_mem and device.type == "cuda"
+        if isinstance(dataset, ShardDataset):  # seeds its own transforms per sample and splits ranks itself
+            self.dataset = self.sampler = dataset
+            self.loader = build_shard_loader(dataset, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin)
+        else:
+            self.dataset = _SeededTransform(dataset, seed)
+            self.loader, self.sampler = build_loader(
+                self.dataset, cfg.batch_size, rank=dist.rank, world_size=dist.world_size, seed=seed,
+                num_workers=cfg.num_workers, pin_memory=pin, drop_last=True)
         self._steps = len(self.loader)
         if self._steps == 0:
             raise ValueError(f"{len(dataset)} images are fewer than one batch of {cfg.batch_size} per process "
@@ -122,7 +130,8 @@ class LoaderPipeline:
         return self._steps
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
-        self.dataset.epoch = epoch  # picked up by workers: they are re-created each epoch (no persistence)
+        if isinstance(self.dataset, _SeededTransform):
+            self.dataset.epoch = epoch  # picked up by workers: they are re-created each epoch (no persistence)
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start, self.cfg.batch_size)
         for images, _, n_skipped in self.loader:
@@ -134,6 +143,24 @@ class LoaderPipeline:
     def monitor_batch(self, n: int = 256) -> torch.Tensor:
         items = [self.eval_dataset[i] for i in range(min(n, len(self.eval_dataset)))]
         return torch.stack([it[0] for it in items if it is not None]).to(self.device)
+
+
+class _FirstItems:
+    """The first n items of an iterable dataset, indexable (for the fixed monitoring batch)."""
+
+    def __init__(self, dataset, n: int):
+        self.items = []
+        for item in dataset:
+            if item is not None:
+                self.items.append(item)
+            if len(self.items) >= n:
+                break
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
 
 
 def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device):
@@ -151,6 +178,11 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
         color_distortion=cfg.use_color_distortion, color_jitter_strength=cfg.color_jitter_strength,
         gaussian_blur=cfg.use_gaussian_blur, mean=mean, std=std, in_chans=cfg.in_chans)
     eval_tf = make_eval_transform(cfg.crop_size, mean, std, in_chans=cfg.in_chans)
+    if cfg.dataset == "shards":
+        dataset = ShardDataset(root, transform, rank=dist.rank, world_size=dist.world_size, seed=seed,
+                               mode="RGB" if cfg.in_chans == 3 else "L")
+        eval_ds = ShardDataset(root, eval_tf, shuffle=False, mode="RGB" if cfg.in_chans == 3 else "L")
+        return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
     if cfg.dataset == "imagefolder":
         root = root / "train" if (root / "train").is_dir() else root
         dataset, eval_ds = ImageFolderDataset(root, transform), ImageFolderDataset(root, eval_tf)

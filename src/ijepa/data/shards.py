@@ -1,0 +1,785 @@
+"""Sharded tar input: stream an ImageNet-22K-size dataset from a few thousand tar files instead of a folder of
+millions of small files.
+
+Layout (WebDataset-compatible, written and read without the ``webdataset`` package): POSIX tar files
+``<prefix>-000000.tar``, ``<prefix>-000001.tar``, … in one folder, each holding samples as consecutive members
+that share a key: ``KEY.<ext>`` (the image file's bytes exactly as stored, ext one of
+:data:`~ijepa.data.datasets.IMG_EXTENSIONS`) and, for labelled data, ``KEY.cls`` (the integer label as text).
+Beside the shards, ``index.json`` lists every shard with its sample count and byte size, so a reader knows the
+dataset's length and each rank's share without opening a tar, and ``classes.json`` (labelled data) lists the
+class names, label ``i`` being ``classes[i]``.
+
+:func:`write_shards` turns an image folder into shards; :func:`write_index` indexes tars written by other tools;
+:class:`ShardDataset` reads them back as an ``IterableDataset`` of ``(image, label)`` — ``None`` for a sample
+that cannot be decoded, as the folder datasets do, so :func:`~ijepa.data.datasets.collate_skip_corrupt`
+counts it. How an epoch is split (see :class:`ShardDataset`): the epoch is the concatenation of all shards in
+an order seeded by ``seed + epoch``; rank ``r`` takes the contiguous sample range ``[r·Q, (r+1)·Q)`` with
+``Q = total // world_size``, and each DataLoader worker a contiguous part of its rank's range. Every rank
+therefore yields exactly the same number of samples (DDP needs equal step counts), no sample is read twice in an
+epoch, and the ``total % world_size`` left over are different samples each epoch.
+
+From the command line: ``ijepa shards SRC DST`` or ``python -m ijepa.data.shards SRC DST``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import glob
+import io
+import itertools
+import json
+import os
+import random
+import re
+import sys
+import tarfile
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .datasets import (
+    _DECODE_ERRORS,
+    IMG_EXTENSIONS,
+    CorruptImageWarning,
+    FlatImageFolder,
+    ImageFolderDataset,
+    collate_skip_corrupt,
+)
+
+__all__ = ["CLASSES_NAME", "INDEX_NAME", "ShardDataset", "ShardInfo", "ShardReadWarning", "ShardsNotFoundError",
+           "build_shard_loader", "main", "read_index", "shards_command", "write_index", "write_shards"]
+
+INDEX_NAME = "index.json"
+CLASSES_NAME = "classes.json"
+INDEX_FORMAT = "ijepa-shards"
+INDEX_VERSION = 1
+
+_IMG_EXTS = frozenset(e.lstrip(".") for e in IMG_EXTENSIONS)
+# Fixed header fields make the shards byte-identical for the same input, whoever writes them and when.
+_TAR_MTIME = 0
+_TAR_MODE = 0o644
+_BLOCK = 512
+_HOW_TO_CREATE = ("create them from an image folder with `ijepa shards SRC DST` "
+                  "(or ijepa.data.shards.write_shards(SRC, DST))")
+
+
+class ShardsNotFoundError(FileNotFoundError):
+    """No shards where they were expected, no index.json beside them, or a shard the index lists is gone.
+
+    A FileNotFoundError, so the CLI prints it as one line (it is the user's to fix, not a bug)."""
+
+
+class ShardReadWarning(RuntimeWarning):
+    """A shard is truncated, replaced or unreadable: its unreadable samples are yielded as ``None``."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard: its file, its name in index.json, and how many samples index.json says it holds."""
+
+    path: Path
+    name: str
+    count: int
+    nbytes: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tar members <-> samples
+# ----------------------------------------------------------------------------------------------------------
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the member path up to the first dot of its file name, the extension the
+    rest (lower-cased here, so ``.JPEG`` from other writers is recognised)."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _iter_samples(tar: tarfile.TarFile, wanted: Callable[[int], bool], stop: int | None = None
+                  ) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """``(sample index in the shard, key, {ext: bytes})`` for each wanted sample, in tar order.
+
+    Only the image and ``cls`` members of wanted samples are read; the tar is opened seekable, so every other
+    member costs one header read. Stops at sample ``stop`` without reading further."""
+    j, key, files, take = -1, None, {}, False
+    while True:
+        m = tar.next()
+        if m is None:
+            break
+        if not m.isfile():
+            continue
+        k, ext = _split_key(m.name)
+        if k != key:
+            if take:
+                yield j, key, files
+            j, key, files = j + 1, k, {}
+            if stop is not None and j >= stop:
+                return
+            take = wanted(j)
+        if take and (ext == "cls" or ext in _IMG_EXTS) and ext not in files:
+            f = tar.extractfile(m)
+            files[ext] = f.read() if f is not None else b""
+    if take:
+        yield j, key, files
+
+
+def _count_samples(path: Path) -> int:
+    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        return _count_keys(tar)
+
+
+def _count_keys(tar: tarfile.TarFile) -> int:
+    """Samples (runs of members sharing a key) in ``tar``, from its headers alone."""
+    n, key = 0, None
+    while (m := tar.next()) is not None:
+        if m.isfile():
+            k, _ = _split_key(m.name)
+            if k != key:
+                n, key = n + 1, k
+    return n
+
+
+def _image_ext(files: dict[str, bytes]) -> str | None:
+    return next((e for e in files if e in _IMG_EXTS), None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------------
+
+def _padded(nbytes: int) -> int:
+    """Bytes a member of ``nbytes`` takes in a tar: one header block plus the data rounded up to blocks."""
+    return _BLOCK + -(-nbytes // _BLOCK) * _BLOCK
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+class _ShardWriter:
+    """One shard being written: to a hidden temporary file, renamed into place only when complete, so a
+    crash never leaves a truncated ``prefix-NNNNNN.tar`` that looks finished."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.file = open(self.tmp, "wb")  # closed by close() or abort()
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+        self.est_bytes = 2 * _BLOCK  # the end-of-archive blocks
+
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        for ext, data in members:
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), _TAR_MTIME, _TAR_MODE
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self.tar.addfile(info, io.BytesIO(data))
+            self.est_bytes += _padded(len(data))
+        self.count += 1
+
+    def close(self) -> int:
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _shard_name(prefix: str, i: int) -> str:
+    return f"{prefix}-{i:06d}.tar"
+
+
+def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, labelled: bool = True,
+                 max_count: int = 10_000, max_bytes: int = 1 << 30, prefix: str = "shard",
+                 shuffle_seed: int | None = 0, overwrite: bool = False, progress: bool = False) -> list[Path]:
+    """Pack the images under ``src_root`` into tar shards in ``out_dir``; returns the shard paths in order.
+
+    ``labelled=True`` reads ``src_root/<class>/**/<image>`` exactly as
+    :class:`~ijepa.data.datasets.ImageFolderDataset` does (label = index of the class in sorted order) and
+    writes ``classes.json``; ``labelled=False`` takes every image under ``src_root`` (as
+    :class:`~ijepa.data.datasets.FlatImageFolder`) and writes no ``.cls`` members. A shard is closed when it
+    holds ``max_count`` samples or the next sample would take it past ``max_bytes`` (tar's final padding of
+    under 10 KiB aside; a single larger image still gets a shard of its own).
+
+    Image bytes are copied as stored — nothing is decoded or re-encoded, so a corrupt file is packed as is and
+    yields ``None`` when read. A file that cannot be *read* (vanished, no permission) is skipped with a warning
+    and counted in index.json's ``skipped_files``.
+
+    The sample order is the folder dataset's sorted order permuted with ``random.Random(shuffle_seed)``
+    (``None`` keeps it sorted). Shuffling here matters: a reader shuffles only shard order and within a small
+    buffer, so sorted shards would give batches of one or two classes. A sample's key is its index in the
+    folder dataset's sorted ``samples`` list (zero-padded), so ``ImageFolderDataset(src_root).samples[int(key)]``
+    names the source file of any key a warning reports. The output depends only on the folder's contents and
+    the arguments: the same input gives byte-identical shards.
+
+    Each shard is written to a temporary file and renamed when complete; ``index.json`` is written last. An
+    ``out_dir`` that already holds an index or shards of this prefix is refused unless ``overwrite=True``,
+    which removes the old index first (so nothing reads a half-replaced set) and, last, the old
+    ``<prefix>-NNNNNN.tar`` files the new set does not reuse.
+    """
+    if max_count < 1 or max_bytes < 1:
+        raise ValueError(f"max_count and max_bytes must be >= 1, got {max_count} and {max_bytes}")
+    if not prefix or "/" in prefix or os.sep in prefix:
+        raise ValueError(f"prefix must be a non-empty file-name prefix, got {prefix!r}")
+    ds = ImageFolderDataset(src_root) if labelled else FlatImageFolder(src_root)
+    samples = ds.samples
+    classes = ds.classes if labelled else None
+    order = list(range(len(samples)))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / INDEX_NAME
+    pattern = re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar$")
+    existing = sorted(p.name for p in out.iterdir() if pattern.match(p.name))
+    if (index_path.exists() or existing) and not overwrite:
+        raise FileExistsError(f"{out} already holds {INDEX_NAME if index_path.exists() else 'shards'}"
+                              f"{f' and {len(existing)} {prefix}-*.tar files' if existing else ''}; "
+                              "pass overwrite=True (CLI: --overwrite) or choose another folder")
+    old_names: set[str] = set()
+    if index_path.exists():
+        try:
+            old_names = {s["name"] for s in json.loads(index_path.read_text())["shards"]}
+        except (ValueError, KeyError, TypeError):
+            old_names = set()
+        index_path.unlink()
+
+    from tqdm.auto import tqdm  # here, so that importing ijepa.data stays light
+
+    width = max(9, len(str(len(samples))))
+    paths: list[Path] = []
+    entries: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    writer: _ShardWriter | None = None
+
+    def finish() -> None:
+        nonlocal writer
+        if writer is not None and writer.count:
+            size = writer.close()
+            paths.append(writer.path)
+            entries.append({"name": writer.path.name, "count": writer.count, "bytes": size})
+        elif writer is not None:
+            writer.abort()
+        writer = None
+
+    try:
+        for i in tqdm(order, disable=not progress, unit="img", desc="shards", dynamic_ncols=True):
+            path, label = samples[i]
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                warnings.warn(f"Skipping unreadable file {path}: {type(e).__name__}: {e}", CorruptImageWarning,
+                              stacklevel=2)
+                skipped.append(path)
+                continue
+            members = [(Path(path).suffix.lower().lstrip("."), data)]
+            if labelled:
+                members.append(("cls", str(label).encode()))
+            nbytes = sum(_padded(len(d)) for _, d in members)
+            if writer is not None and (writer.count >= max_count or writer.est_bytes + nbytes > max_bytes):
+                finish()
+            if writer is None:
+                writer = _ShardWriter(out / _shard_name(prefix, len(paths)))
+            writer.add(f"{i:0{width}d}", members)
+        finish()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+    if classes is not None:
+        _write_json(out / CLASSES_NAME, classes)
+    _write_json(index_path, {
+        "format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
+        "num_samples": sum(e["count"] for e in entries), "num_classes": len(classes) if classes else None,
+        "shuffle_seed": shuffle_seed, "key": "index into the source folder's sorted sample list",
+        "skipped_files": len(skipped), "shards": entries,
+    })
+    new_names = {p.name for p in paths}
+    for name in sorted((old_names | set(existing)) - new_names):
+        if pattern.match(name):
+            (out / name).unlink(missing_ok=True)
+    return paths
+
+
+def write_index(shards_dir_or_glob: str | os.PathLike, *, labelled: bool | None = None) -> Path:
+    """Count the samples of existing tar shards (e.g. written by ``webdataset`` or ``tarp``) and write the
+    ``index.json`` :class:`ShardDataset` needs beside them; returns its path.
+
+    Reads only tar headers. ``labelled=None`` records the data as labelled when the first shard's first sample
+    has a ``.cls`` member. Shards are listed in sorted name order."""
+    spec = os.fspath(shards_dir_or_glob)
+    if os.path.isdir(spec):
+        folder, files = Path(spec), sorted(Path(spec).glob("*.tar"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(spec) if p.endswith(".tar"))
+        folder = files[0].parent if files else Path(spec).parent
+        if len({p.parent for p in files}) > 1:
+            raise ValueError(f"{spec!r} matches shards in several folders; index.json describes one folder")
+    if not files:
+        raise ShardsNotFoundError(f"no .tar files at {spec!r}: {_HOW_TO_CREATE}")
+    entries = [{"name": p.name, "count": _count_samples(p), "bytes": p.stat().st_size} for p in files]
+    if labelled is None:
+        with open(files[0], "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            first = next(_iter_samples(tar, lambda j: j == 0, stop=1), None)
+        labelled = bool(first and "cls" in first[2])
+    path = folder / INDEX_NAME
+    _write_json(path, {"format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
+                       "num_samples": sum(e["count"] for e in entries), "num_classes": None,
+                       "shuffle_seed": None, "key": "as written by the tool that made the shards",
+                       "skipped_files": 0, "shards": entries})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------------------
+
+def _no_index_error(folder: Path) -> ShardsNotFoundError:
+    tars = sorted(folder.glob("*.tar"))
+    if tars:
+        return ShardsNotFoundError(
+            f"{folder} holds {len(tars)} .tar files but no {INDEX_NAME}, which gives the sample counts the loader "
+            f"needs. If they are WebDataset shards from another tool, index them with "
+            f"ijepa.data.shards.write_index({str(folder)!r}); otherwise {_HOW_TO_CREATE}.")
+    return ShardsNotFoundError(f"no shards in {folder}: {_HOW_TO_CREATE}.")
+
+
+def read_index(shards_dir_or_glob: str | os.PathLike) -> tuple[dict[str, Any], list[ShardInfo], list[str] | None]:
+    """Resolve a shard folder, an ``index.json`` path or a glob over shard files (a subset of the folder's
+    index, e.g. ``DIR/shard-00000*.tar``) to ``(index, shards, classes or None)``.
+
+    Raises :class:`ShardsNotFoundError` when there is no folder, no shard, no index, or the index lists a shard
+    that is missing; warns (:class:`ShardReadWarning`) when a shard's size differs from the index's."""
+    spec = os.fspath(shards_dir_or_glob)
+    selected: list[str] | None = None
+    if os.path.isdir(spec):
+        folder = Path(spec)
+        if not (folder / INDEX_NAME).is_file():
+            raise _no_index_error(folder)
+    elif os.path.isfile(spec) and spec.endswith(".json"):
+        folder = Path(spec).parent
+    elif glob.has_magic(spec):
+        matches = sorted(Path(p) for p in glob.glob(spec))
+        if not matches:
+            raise ShardsNotFoundError(f"no shards match {spec!r}: {_HOW_TO_CREATE}.")
+        if len({p.parent for p in matches}) > 1:
+            raise ShardsNotFoundError(f"{spec!r} matches files in several folders; each folder has its own "
+                                      f"{INDEX_NAME}, so read one folder per dataset")
+        folder = matches[0].parent
+        if not (folder / INDEX_NAME).is_file():
+            raise _no_index_error(folder)
+        selected = [p.name for p in matches if p.name.endswith(".tar")]
+    elif os.path.isfile(spec) and spec.endswith(".tar"):
+        folder, selected = Path(spec).parent, [Path(spec).name]
+        if not (folder / INDEX_NAME).is_file():
+            raise _no_index_error(folder)
+    else:
+        raise ShardsNotFoundError(f"shard folder {spec!r} does not exist; {_HOW_TO_CREATE}.")
+
+    index_path = folder / INDEX_NAME
+    try:
+        index = json.loads(index_path.read_text())
+        entries = index["shards"]
+        by_name = {e["name"]: e for e in entries}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardsNotFoundError(f"{index_path} is not a shard index ({type(e).__name__}: {e}); re-create it "
+                                  f"with ijepa.data.shards.write_index({str(folder)!r})") from None
+    if index.get("format") != INDEX_FORMAT:
+        raise ShardsNotFoundError(f"{index_path} is not an {INDEX_FORMAT} index")
+    if selected is not None:
+        unknown = [n for n in selected if n not in by_name]
+        if unknown:
+            raise ShardsNotFoundError(f"{len(unknown)} shard(s) matching {spec!r} are not in {index_path} (e.g. "
+                                      f"{unknown[0]}); re-index with ijepa.data.shards.write_index("
+                                      f"{str(folder)!r})")
+        entries = [by_name[n] for n in selected]
+    if not entries:
+        raise ShardsNotFoundError(f"{index_path} lists no shards; {_HOW_TO_CREATE}.")
+    shards = [ShardInfo(folder / e["name"], e["name"], int(e["count"]), e.get("bytes")) for e in entries]
+    missing = [s.name for s in shards if not s.path.is_file()]
+    if missing:
+        raise ShardsNotFoundError(f"{len(missing)} shard(s) listed in {index_path} are missing (e.g. "
+                                  f"{missing[0]}); copy them back or re-create the shards")
+    for s in shards:
+        size = s.path.stat().st_size
+        if s.nbytes is not None and size != s.nbytes:
+            warnings.warn(f"{s.path} is {size} bytes but {INDEX_NAME} says {s.nbytes}: truncated or replaced. "
+                          "Samples that cannot be read from it are yielded as None (counted as corrupt).",
+                          ShardReadWarning, stacklevel=3)
+    classes = None
+    if (folder / CLASSES_NAME).is_file():
+        classes = json.loads((folder / CLASSES_NAME).read_text())
+    return index, shards, classes
+
+
+def _seed_for(*parts: int) -> int:
+    # The same construction as ijepa.train.inputs.seed_for (ints hash identically in every process).
+    return hash(tuple(int(p) for p in parts)) & (2**63 - 1)
+
+
+@contextmanager
+def _seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch's and Python's global RNGs for one transform call and restore them afterwards, so that with
+    ``num_workers=0`` the training loop's own random stream is left untouched."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+class _WindowShuffle:
+    """The order a shuffle buffer of ``size`` emits positions ``0..n-1`` in, computed from positions alone.
+
+    Keeping the buffer's logic apart from the bytes is what makes a mid-epoch resume cheap: advancing this
+    object past the first ``k`` outputs says which positions are still buffered (``buffer``) and which are not
+    yet read (``>= next_unread``), so the reader fetches just those and skips the rest by their tar headers."""
+
+    def __init__(self, n: int, size: int, seed: int) -> None:
+        self.n, self.size = n, max(1, size)
+        self.rng = random.Random(seed)
+        self.buffer: list[int] = []
+        self.next_unread = 0
+
+    def __iter__(self) -> _WindowShuffle:
+        return self
+
+    def __next__(self) -> int:
+        while self.next_unread < self.n and len(self.buffer) < self.size:
+            self.buffer.append(self.next_unread)
+            self.next_unread += 1
+        if not self.buffer:
+            raise StopIteration
+        i = self.rng.randrange(len(self.buffer))
+        self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
+        return self.buffer.pop()
+
+
+class _Record(NamedTuple):
+    pos: int  # position in this worker's range
+    where: str  # "shard.tar:KEY", for warnings
+    data: bytes | None  # image bytes; None: the sample could not be read (already warned about)
+    label: int
+
+
+class ShardDataset(IterableDataset):
+    """``(image, label)`` samples streamed from tar shards (see the module docstring for the layout).
+
+    ``shards_dir_or_glob``: a folder written by :func:`write_shards` (or indexed by :func:`write_index`), its
+    ``index.json``, or a glob selecting some of its shards. Images are decoded into PIL mode ``mode`` and passed
+    through ``transform``; the label is the ``.cls`` value, or -1 when a sample has none. A sample that cannot be
+    decoded is yielded as ``None`` (warned about once per process, naming ``shard:KEY``) so
+    :func:`~ijepa.data.datasets.collate_skip_corrupt` counts it. A truncated or unreadable shard is not fatal:
+    its samples that cannot be read are yielded as ``None`` too, with one :class:`ShardReadWarning` — so the
+    number of items per epoch never changes, which keeps DDP ranks in step.
+
+    How an epoch is split: the shards are put in an order seeded by ``seed + epoch`` (index order with
+    ``shuffle=False``) and their samples concatenated; rank ``rank`` takes the contiguous range
+    ``[rank·Q, rank·Q + len)`` with ``Q = total // world_size``. So ranks read disjoint samples — disjoint shards
+    except the (at most two) boundary shards a rank shares with its neighbours, each reading its own part —
+    every rank yields the same count, and the ``total % world_size`` samples past the last rank are left out,
+    different ones each epoch. Within a DataLoader, each worker (``get_worker_info()``) takes a contiguous part
+    of its rank's range and reads it through a seeded shuffle buffer of ``shuffle_buffer`` samples (its memory
+    cost: that many encoded images per worker). Each transform call is seeded from ``(seed, epoch, position
+    in the epoch)``, so augmentations do not depend on which worker produces a sample.
+
+    ``batch_size``: set it (or use :func:`build_shard_loader`, which does) to the DataLoader's batch size. Then
+    each rank's range is cut to whole batches and split among workers in whole batches, so ``len(loader)`` is
+    exact, no worker yields a partial batch, and :meth:`set_start` can resume mid-epoch exactly. Without it
+    ``len()`` counts samples (``total // world_size``) and with several workers the DataLoader may yield a
+    partial batch per worker.
+
+    Call :meth:`set_epoch` (and :meth:`set_start` when resuming) before each pass; DataLoader workers copy the
+    dataset when an iterator is created, so ``persistent_workers`` would not see the new epoch — do not use it.
+    An exact resume needs the same shards, ``world_size``, ``seed``, ``batch_size``, ``shuffle_buffer`` and
+    number of workers as the interrupted run.
+    """
+
+    def __init__(self, shards_dir_or_glob: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
+                 *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
+                 shuffle: bool = True, batch_size: int | None = None, mode: str = "RGB") -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got world_size={world_size}, "
+                             f"rank={rank}")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.index, self.shards, self.classes = read_index(shards_dir_or_glob)
+        self.root = self.shards[0].path.parent
+        self.num_samples = sum(s.count for s in self.shards)
+        self.labelled = bool(self.index.get("labelled"))
+        self.transform = transform
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
+        self.batch_size = batch_size
+        self.mode = mode
+        self.epoch = 0
+        self.start = 0  # batches of this rank's epoch already consumed (set_start)
+        # Per process, like the folder datasets: each worker may warn once about the same sample.
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.root)!r}, shards={len(self.shards)}, samples={self.num_samples}, "
+                f"rank={self.rank}/{self.world_size}, batch_size={self.batch_size})")
+
+    # -- epoch geometry --------------------------------------------------------------------------------------
+
+    @property
+    def samples_per_rank(self) -> int:
+        """Samples every rank yields in a whole epoch (whole batches when ``batch_size`` is set)."""
+        q = self.num_samples // self.world_size
+        return q - q % self.batch_size if self.batch_size else q
+
+    def __len__(self) -> int:
+        """Samples this rank still yields this epoch: exact, the same on every rank."""
+        done = self.start * (self.batch_size or 0)
+        return max(0, self.samples_per_rank - done)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shard order and shuffles of ``epoch`` and restart at its beginning."""
+        self.epoch = epoch
+        self.start = 0
+
+    def set_start(self, batch_index: int, batch_size: int) -> None:
+        """Skip the first ``batch_index`` batches of this rank's epoch (call after :meth:`set_epoch`).
+
+        Skipped samples are not decoded, and skipped tar members cost only a header read."""
+        if batch_index < 0 or batch_size < 1:
+            raise ValueError(f"need batch_index >= 0 and batch_size >= 1, got {batch_index}, {batch_size}")
+        if self.batch_size != batch_size:
+            raise ValueError(f"set_start(batch_size={batch_size}) but the dataset was built with batch_size="
+                             f"{self.batch_size}: an exact resume needs the worker split in whole batches of the "
+                             "loader's size, so pass batch_size= (or use build_shard_loader)")
+        self.start = batch_index
+
+    def epoch_order(self, epoch: int | None = None) -> list[int]:
+        """Indices into :attr:`shards` in the order of ``epoch`` (default: the current one), the same on all ranks."""
+        n = len(self.shards)
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(self.seed + (self.epoch if epoch is None else epoch))
+        return torch.randperm(n, generator=g).tolist()
+
+    def _pieces(self, lo: int, hi: int) -> list[tuple[ShardInfo, int, int]]:
+        """``(shard, first, stop)`` sample ranges covering positions ``[lo, hi)`` of the epoch's stream."""
+        order = self.epoch_order()
+        counts = [self.shards[i].count for i in order]
+        ends = list(itertools.accumulate(counts))
+        out = []
+        i = bisect.bisect_right(ends, lo)
+        while lo < hi and i < len(order):
+            begin = ends[i] - counts[i]
+            s0, s1 = lo - begin, min(hi, ends[i]) - begin
+            if s1 > s0:
+                out.append((self.shards[order[i]], s0, s1))
+            lo, i = begin + s1, i + 1
+        return out
+
+    def plan(self, rank: int | None = None) -> list[tuple[str, int, int]]:
+        """``(shard name, first sample, stop)`` ranges ``rank`` (default: this one) reads in the current epoch."""
+        r = self.rank if rank is None else rank
+        q = self.num_samples // self.world_size
+        return [(s.name, a, b) for s, a, b in self._pieces(r * q, r * q + self.samples_per_rank)]
+
+    def _worker_range(self, worker: int, n_workers: int) -> tuple[int, int, int, int]:
+        """``(logical worker, first, count, skip)`` in rank coordinates for DataLoader worker ``worker``.
+
+        With a batch size, logical worker ``l`` owns the rank's batches ``b`` with ``b % n_workers == l`` (the
+        DataLoader takes batches from its workers round-robin, starting at worker 0). After ``set_start(k)``
+        worker ``w`` plays logical worker ``(w + k) % n_workers``, so the first batch the loader returns is
+        batch ``k`` — exactly the one the interrupted run would have returned next."""
+        W = n_workers
+        if not self.batch_size:
+            q = self.samples_per_rank
+            sizes = [q // W + (lw < q % W) for lw in range(W)]
+            return worker, sum(sizes[:worker]), sizes[worker], 0
+        B, k = self.batch_size, self.start
+        nb = self.samples_per_rank // B
+        lw = (worker + k) % W
+        batches = [nb // W + (i < nb % W) for i in range(W)]
+        skip = min(batches[lw], (k - lw + W - 1) // W) if k > lw else 0
+        return lw, B * sum(batches[:lw]), B * batches[lw], B * skip
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def _read_piece(self, shard: ShardInfo, s0: int, s1: int, base: int, need: Callable[[int], bool]
+                    ) -> Iterator[_Record]:
+        """A record for every needed sample ``j`` in ``[s0, s1)`` of ``shard`` (position ``base + j - s0``):
+        read, or with ``data=None`` when the shard ends early or cannot be read."""
+        last = s0 - 1
+        problem = None
+        try:
+            with open(shard.path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                wanted = lambda j: s0 <= j < s1 and need(base + j - s0)
+                for j, key, files in _iter_samples(tar, wanted, stop=s1):
+                    last = j
+                    yield self._record(base + j - s0, f"{shard.name}:{key}", files)
+        except (OSError, EOFError, tarfile.TarError) as e:
+            problem = f"cannot be read after sample {last + 1} ({type(e).__name__}: {e})"
+        lost = [j for j in range(last + 1, s1) if need(base + j - s0)]
+        if lost:
+            if problem is None:
+                problem = f"ends before sample {s1} although {INDEX_NAME} says it holds {shard.count}"
+            if shard.name not in self._warned:
+                self._warned.add(shard.name)
+                warnings.warn(f"Shard {shard.path} {problem}: {len(lost)} sample(s) yielded as None (counted as "
+                              "corrupt). Re-create it with `ijepa shards`.", ShardReadWarning, stacklevel=2)
+            for j in lost:
+                yield _Record(base + j - s0, f"{shard.name}:#{j}", None, -1)
+
+    def _record(self, pos: int, where: str, files: dict[str, bytes]) -> _Record:
+        ext = _image_ext(files)
+        label = -1
+        problem = None if ext else "no image member"
+        if "cls" in files:
+            try:
+                label = int(files["cls"].decode().strip())
+            except ValueError:
+                problem = f"label {files['cls'][:20]!r} is not an integer"
+        elif self.labelled and problem is None:
+            # In a labelled set this is the last sample of a truncated shard, or a broken writer: a wrong label
+            # (-1) would be worse than a skipped sample.
+            problem = "no .cls label member"
+        if problem is not None:
+            self._warn(where, problem)
+            return _Record(pos, where, None, -1)
+        return _Record(pos, where, files[ext], label)
+
+    def _warn(self, where: str, problem: str) -> None:
+        if where not in self._warned:
+            self._warned.add(where)
+            warnings.warn(f"Skipping unreadable sample {self.root / where}: {problem}", CorruptImageWarning,
+                          stacklevel=3)
+
+    def _decode(self, rec: _Record, epoch_pos: int) -> tuple[Any, int] | None:
+        if rec.data is None:
+            return None
+        try:
+            with Image.open(io.BytesIO(rec.data)) as img:
+                # convert() forces the full decode, so truncation surfaces here, not inside the transform.
+                img = img.convert(self.mode)
+        except _DECODE_ERRORS as e:
+            self._warn(rec.where, f"{type(e).__name__}: {e}")
+            return None
+        if self.transform is not None:
+            with _seeded_rng(_seed_for(self.seed, self.epoch, epoch_pos)):
+                img = self.transform(img)
+        return img, rec.label
+
+    def __iter__(self) -> Iterator[tuple[Any, int] | None]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        lw, first, count, skip = self._worker_range(worker, n_workers)
+        if count - skip <= 0:
+            return
+        lo = self.rank * (self.num_samples // self.world_size) + first  # this worker's range in the epoch stream
+        size = self.shuffle_buffer if self.shuffle else 0
+        order = _WindowShuffle(count, size, _seed_for(self.seed, self.epoch, self.rank, lw))
+        for _ in range(skip):
+            next(order)
+        unread, buffered = order.next_unread, set(order.buffer)
+        need = lambda p: p >= unread or p in buffered
+
+        def records() -> Iterator[_Record]:
+            base = 0
+            for shard, s0, s1 in self._pieces(lo, lo + count):
+                yield from self._read_piece(shard, s0, s1, base, need)
+                base += s1 - s0
+
+        reader = records()
+        pending: dict[int, _Record] = {}
+        try:
+            for p in order:
+                while p not in pending:
+                    rec = next(reader)
+                    pending[rec.pos] = rec
+                yield self._decode(pending.pop(p), lo + p)
+        finally:
+            reader.close()
+
+
+def build_shard_loader(dataset: ShardDataset, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False,
+                       prefetch_factor: int | None = None) -> DataLoader:
+    """A DataLoader over ``dataset`` with :func:`~ijepa.data.datasets.collate_skip_corrupt` (batches are
+    ``(images, labels, n_skipped)``), after setting ``dataset.batch_size`` so ``len(loader)`` is exact and
+    :meth:`ShardDataset.set_start` resumes exactly. Workers are not persistent (see :class:`ShardDataset`)."""
+    if dataset.batch_size not in (None, batch_size):
+        raise ValueError(f"dataset was built with batch_size={dataset.batch_size}, loader asks for {batch_size}")
+    dataset.batch_size = batch_size
+    kw: dict[str, Any] = {} if prefetch_factor is None or num_workers == 0 else {"prefetch_factor": prefetch_factor}
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_corrupt,
+                      pin_memory=pin_memory, drop_last=False, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------------
+
+def shards_command(src: str | os.PathLike, dst: str | os.PathLike, labelled: bool = True, max_count: int = 10_000,
+                   *, max_bytes: int = 1 << 30, prefix: str = "shard", shuffle_seed: int | None = 0,
+                   overwrite: bool = False) -> int:
+    """``ijepa shards SRC DST``: write the shards with a progress bar, print a summary, return the exit code."""
+    paths = write_shards(src, dst, labelled=labelled, max_count=max_count, max_bytes=max_bytes, prefix=prefix,
+                         shuffle_seed=shuffle_seed, overwrite=overwrite, progress=sys.stderr.isatty())
+    index = json.loads((Path(dst) / INDEX_NAME).read_text())
+    total = sum(p.stat().st_size for p in paths)
+    extra = f", {index['num_classes']} classes in {CLASSES_NAME}" if index.get("num_classes") else ""
+    skipped = f"; {index['skipped_files']} unreadable file(s) skipped" if index["skipped_files"] else ""
+    print(f"{index['num_samples']} images in {len(paths)} shards ({total / 2**30:.2f} GiB) -> {dst} "
+          f"({INDEX_NAME}{extra}){skipped}. Read them with ijepa.data.shards.ShardDataset({str(dst)!r}).")
+    return 0
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of ``shards`` (adds them to ``parser`` when given, e.g. a sub-command's parser)."""
+    p = parser or argparse.ArgumentParser(prog="python -m ijepa.data.shards",
+                                          description="Pack an image folder into WebDataset-style tar shards.")
+    p.add_argument("src", help="image folder: SRC/<class>/**/<image>, or any images with --unlabelled")
+    p.add_argument("dst", help="output folder for <prefix>-NNNNNN.tar, index.json and classes.json")
+    p.add_argument("--unlabelled", action="store_true", help="take every image under SRC, write no labels")
+    p.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most (default 10000)")
+    p.add_argument("--max-bytes", type=int, default=1 << 30, help="bytes per shard at most (default 1 GiB)")
+    p.add_argument("--prefix", default="shard", help="shard file-name prefix (default 'shard')")
+    p.add_argument("--shuffle-seed", type=lambda s: None if s.lower() == "none" else int(s), default=0,
+                   help="seed of the sample order across shards; 'none' keeps the sorted folder order")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in DST")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    return shards_command(args.src, args.dst, not args.unlabelled, args.max_count, max_bytes=args.max_bytes,
+                          prefix=args.prefix, shuffle_seed=args.shuffle_seed, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
