@@ -14,6 +14,7 @@ from .datasets import (
 )
 from .fashion_mnist import DatasetNotFoundError, load_fashion_mnist
 from .loader import InMemoryBatches, ResumableDistributedSampler, build_loader
+from .shards import ShardDataset, build_shard_loader, write_shards
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,8 +26,6 @@ from .transforms import (
     make_pretrain_transform,
     normalize_batch,
 )
-
-from .shards import ShardDataset, build_shard_loader, write_shards
 
 __all__ = [
     "ShardDataset",
