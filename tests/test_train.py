@@ -43,6 +43,9 @@ def test_training_writes_log_config_checkpoint_and_summary(tmp_path):
         assert key in ckpt
     assert ckpt["step"] == 6 and ckpt["input_spec"]["in_chans"] == 1
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "summary.json").is_file()
+    mon = list(csv.DictReader(open(tmp_path / "monitor.csv")))
+    assert int(mon[-1]["step"]) == 6 and 0.0 < float(mon[-1]["knn"]) <= 1.0 and float(mon[-1]["rankme"]) >= 1.0
+    assert 0.0 < summary["knn"] <= 1.0
     assert not list(tmp_path.glob(".*.tmp"))
 
 

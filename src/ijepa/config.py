@@ -171,6 +171,9 @@ class LoggingConfig:
     checkpoint_every_steps: int = _f(0, "also write latest every N steps (0: only at epoch ends)")
     monitor_freq: int = _f(0, "steps between collapse checks (feature std, RankMe) on a fixed batch "
                               "(0: at epoch ends only)")
+    online_knn: bool = _f(True, "with each collapse check, k-NN accuracy (k=20, T=0.07) of the target encoder's "
+                                "pooled features: 2,000 labelled training images as the bank, 1,000 held-out "
+                                "test images as queries (Fashion-MNIST only; other datasets skip it)")
     tensorboard: bool = _f(False, "also write TensorBoard events (needs the tensorboard package)")
     progress: bool = _f(True, "show a progress bar")
 

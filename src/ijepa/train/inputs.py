@@ -46,7 +46,9 @@ def generator_for(*parts: int) -> torch.Generator:
 
 class InMemoryPipeline:
     def __init__(self, images: torch.Tensor, cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device,
-                 mean: tuple[float, ...], std: tuple[float, ...]):
+                 mean: tuple[float, ...], std: tuple[float, ...], labels: torch.Tensor | None = None,
+                 held_out: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.labels, self.held_out = labels, held_out
         if images.ndim == 3:
             images = images[:, None]
         if images.shape[1] != cfg.in_chans:
@@ -76,9 +78,23 @@ class InMemoryPipeline:
             x = self.crop(x, generator_for(self.seed, self.dist.rank, epoch, i))
             yield normalize_batch(x, self.mean, self.std), 0
 
+    def knn_sets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(bank images, bank labels, query images, query labels) for the online k-NN monitor, or None."""
+        if self.labels is None or self.held_out is None:
+            return None
+        qx, qy = self.held_out
+        return self._prepare(self.images[:2000]), self.labels[:2000], self._prepare(qx[:1000]), qy[:1000]
+
     def monitor_batch(self, n: int = 512) -> torch.Tensor:
         """The first n images, resized, not augmented: the same pixels at every check."""
-        x = self.images[:n].to(self.device).float() / 255.0
+        return self._prepare(self.images[:n])
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 3:
+            images = images[:, None]
+        if images.shape[1] != self.cfg.in_chans:
+            images = images[:, :1].expand(-1, self.cfg.in_chans, -1, -1)
+        x = images.to(self.device).float() / 255.0
         if x.shape[-1] != self.cfg.crop_size:
             x = torch.nn.functional.interpolate(x, size=(self.cfg.crop_size,) * 2, mode="bilinear",
                                                 align_corners=False, antialias=True)
@@ -140,6 +156,9 @@ class LoaderPipeline:
                 continue
             yield images.to(self.device, non_blocking=True), n_skipped
 
+    def knn_sets(self) -> None:
+        return None  # folder and shard pipelines: no labelled held-out split to use
+
     def monitor_batch(self, n: int = 256) -> torch.Tensor:
         items = [self.eval_dataset[i] for i in range(min(n, len(self.eval_dataset)))]
         return torch.stack([it[0] for it in items if it is not None]).to(self.device)
@@ -165,11 +184,12 @@ class _FirstItems:
 
 def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device):
     if cfg.dataset == "fashion_mnist":
-        images, _ = load_fashion_mnist(cfg.root_path, train=True)
+        images, labels = load_fashion_mnist(cfg.root_path, train=True)
         if cfg.limit:
-            images = images[: cfg.limit]
+            images, labels = images[: cfg.limit], labels[: cfg.limit]
         return InMemoryPipeline(images, cfg, dist, seed, device, cfg.mean or FMNIST_MEAN * cfg.in_chans,
-                                cfg.std or FMNIST_STD * cfg.in_chans)
+                                cfg.std or FMNIST_STD * cfg.in_chans, labels,
+                                load_fashion_mnist(cfg.root_path, train=False))
     mean = cfg.mean or (IMAGENET_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans)
     std = cfg.std or (IMAGENET_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans)
     root = Path(cfg.root_path) / cfg.image_folder

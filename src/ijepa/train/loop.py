@@ -30,7 +30,7 @@ from ..models import apply_masks, build_encoder, build_predictor
 from . import distributed as D
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inputs import build_pipeline, generator_for
-from .monitor import collapse_stats
+from .monitor import collapse_stats, online_knn
 from .schedules import Schedules
 
 
@@ -274,13 +274,14 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         if new:
             log_csv.writeheader()
         mon_file = open(out / "monitor.csv", "w" if new else "a", newline="")
-        mon_csv = csv.DictWriter(mon_file, ["epoch", "step", "target_std", "rankme"])
+        mon_csv = csv.DictWriter(mon_file, ["epoch", "step", "target_std", "rankme", "knn"])
         if new:
             mon_csv.writeheader()
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             tb = SummaryWriter(str(out / "tensorboard"))
     monitor_images = data.monitor_batch()
+    knn_sets = data.knn_sets() if cfg.logging.online_knn else None
 
     def checkpoint_state(step: int, loss: float) -> dict:
         return {
@@ -310,7 +311,11 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     def monitor(step: int) -> dict:
         if step in monitored:
             return monitored[step]
-        stats = monitored[step] = collapse_stats(target, monitor_images)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            stats = collapse_stats(target, monitor_images)
+            if knn_sets is not None:
+                stats["knn"] = online_knn(target, *knn_sets)
+        monitored[step] = stats
         if dist.is_main:
             mon_csv.writerow({"epoch": step // ipe, "step": step, **{k: f"{v:.5g}" for k, v in stats.items()}})
             mon_file.flush()
@@ -354,7 +359,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     step, skipped_total, stop_reason = start_step, 0, None
     images_per_step = cfg.data.batch_size * dist.world_size
     t_start = time.perf_counter()
-    rankme = None
+    last_stats: dict = {}
     try:
         with _Preemption() as preempt:
             while step < total_steps and stop_reason is None:
@@ -384,11 +389,13 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
                             progress.update(step - progress.n)
                             post = {"loss": f"{value:.4f}", "lr": f"{schedules.lr_at(step):.2e}",
                                     "img/s": f"{images_per_step / dt:.0f}"}
-                            if rankme is not None:
-                                post["rankme"] = f"{rankme:.1f}"
+                            if last_stats:
+                                post["rankme"] = f"{last_stats['rankme']:.1f}"
+                                if "knn" in last_stats:
+                                    post["knn"] = f"{100 * last_stats['knn']:.1f}%"
                             progress.set_postfix(post, refresh=False)
                     if cfg.logging.monitor_freq and step % cfg.logging.monitor_freq == 0:
-                        rankme = monitor(step)["rankme"]
+                        last_stats = monitor(step)
                     every = cfg.logging.checkpoint_every_steps
                     if every and step % every == 0 and step % ipe:
                         save(step, flush())
@@ -399,7 +406,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
                         break
                 if stop_reason is None and step % ipe == 0:  # a whole epoch done
                     done_epoch = step // ipe
-                    rankme = monitor(step)["rankme"]
+                    last_stats = monitor(step)
                     keep = cfg.logging.checkpoint_freq and done_epoch % cfg.logging.checkpoint_freq == 0
                     save(step, flush(), keep_epoch=done_epoch if keep else None)
             final_loss = flush()

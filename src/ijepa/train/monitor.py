@@ -31,3 +31,17 @@ def collapse_stats(target_encoder: torch.nn.Module, images: torch.Tensor) -> dic
     feats = target_encoder(images).mean(dim=1)
     target_encoder.train(was_training)
     return {"target_std": feature_std(feats), "rankme": rankme(feats)}
+
+
+@torch.no_grad()
+def online_knn(target_encoder: torch.nn.Module, bank: torch.Tensor, bank_y: torch.Tensor, query: torch.Tensor,
+               query_y: torch.Tensor, batch_size: int = 500) -> float:
+    """k-NN accuracy (k=20, T=0.07, cosine; the ``ijepa eval`` protocol) of pooled target features."""
+    from ..eval.knn import knn_accuracy
+
+    was_training = target_encoder.training
+    target_encoder.eval()
+    feats = [torch.cat([target_encoder(x[i:i + batch_size]).mean(1).float().cpu()
+                        for i in range(0, len(x), batch_size)]) for x in (bank, query)]
+    target_encoder.train(was_training)
+    return knn_accuracy(feats[0], bank_y, feats[1], query_y, k=20, T=0.07)
