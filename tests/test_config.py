@@ -106,3 +106,9 @@ def test_resolved_config_round_trips(tmp_path):
 def test_exponent_floats_without_a_dot_are_numbers():
     cfg = load_config(None, ["optimization.lr=5e-4", "optimization.start_lr=1e-5"])
     assert cfg.optimization.lr == 5e-4 and cfg.optimization.start_lr == 1e-5
+
+
+def test_configuration_doc_is_current():
+    from pathlib import Path
+    doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    assert describe().strip() in doc, "regenerate docs/configuration.md with `ijepa config --keys`"
