@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..device import bf16_supported
+
 __all__ = ["POOLINGS", "bf16_supported", "default_input_spec", "extract_features", "load_features",
            "prepare_images", "resolve_input_spec", "save_features"]
 
@@ -129,28 +131,6 @@ def prepare_images(images: torch.Tensor | np.ndarray, input_spec: dict | None = 
 # ----------------------------------------------------------------------------------------------------------
 # extraction
 # ----------------------------------------------------------------------------------------------------------
-
-def bf16_supported(device: torch.device | str) -> bool:
-    """Whether bf16 autocast is worth using on ``device``: CUDA with native bf16, or a CPU with AMX or
-    AVX512-BF16 instructions (without them CPU bf16 is emulated and slower than fp32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    # get_cpu_capability() only names the widest vector ISA ("AVX512" even on a CPU with avx512_bf16), so
-    # prefer torch's own instruction probes, which exist since 2.1.
-    names = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    probes = [getattr(torch.cpu, name, None) for name in names]
-    probes = [p for p in probes if p is not None]
-    if probes:
-        try:
-            return any(bool(p()) for p in probes)
-        except RuntimeError:
-            pass
-    cap = torch.backends.cpu.get_cpu_capability().upper()
-    return "AMX" in cap or "BF16" in cap
-
 
 def _autocast(device: torch.device, dtype: str):
     if dtype not in ("auto", "bf16", "fp32"):

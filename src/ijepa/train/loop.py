@@ -25,6 +25,7 @@ from torch.profiler import record_function
 
 from .. import __version__
 from ..config import Config, save_config
+from ..device import bf16_supported, resolve_device
 from ..masks import MaskConfig, MultiBlockMaskSampler
 from ..models import apply_masks, build_encoder, build_predictor
 from . import distributed as D
@@ -112,28 +113,6 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------------ the setup
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # bf16 pays off only with native bf16 matmul (avx512_bf16 / AMX)
-        return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and _cpu_has_bf16()
-    return False
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def build_models(cfg: Config, input_spec: dict) -> tuple[nn.Module, nn.Module, nn.Module]:
