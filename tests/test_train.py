@@ -55,7 +55,11 @@ def test_exact_resume_matches_uninterrupted_run(tmp_path):
     train(cfg_with("optimization.max_steps=20"), full)
     train(cfg_with("optimization.max_steps=10"), split)
     assert load_checkpoint(split / "jepa-latest.pth.tar")["batch_in_epoch"] == 10
+    # a crash after step 10's checkpoint had logged two more steps: the resumed run must not log them twice
+    with open(split / "log.csv", "a") as f:
+        f.write("0,10,9.9,0,0,0,0,0,0,0,0\n0,11,9.9,0,0,0,0,0,0,0,0\n")
     train(cfg_with("optimization.max_steps=20"), split)
+    assert [int(r["step"]) for r in csv.DictReader(open(split / "log.csv"))] == list(range(20))
     a, b = read_losses(full), read_losses(split)
     assert sorted(a) == sorted(b) == list(range(20))
     for s in a:

@@ -168,6 +168,21 @@ class _Preemption:
             signal.signal(sig, old)
 
 
+def _truncate_csv(path: Path, start_step: int) -> None:
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    step_col = rows[0].index("step")
+    # monitor.csv's row at the checkpoint's own step describes the checkpointed weights: it stays
+    last = start_step if path.name == "monitor.csv" else start_step - 1
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[step_col]) <= last]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
 CSV_FIELDS = ["epoch", "step", "loss", "lr", "wd", "momentum", "ctx_tokens", "tgt_tokens", "step_ms",
               "images_per_s", "skipped"]
 
@@ -248,6 +263,9 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         new = not (out / "log.csv").exists() or start_step == 0
+        if not new:  # rows logged after the checkpoint we resume from will be logged again: drop them
+            for name in ("log.csv", "monitor.csv"):
+                _truncate_csv(out / name, start_step)
         log_file = open(out / "log.csv", "w" if new else "a", newline="")
         log_csv = csv.DictWriter(log_file, CSV_FIELDS)
         if new:
