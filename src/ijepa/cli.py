@@ -222,7 +222,13 @@ def _register_eval_commands(sub) -> None:
     m.set_defaults(func=_cmd_models)
 
 
-_EXTRA_COMMANDS: list = [_register_eval_commands]
+def _register_viz_commands(sub) -> None:
+    from .viz.cli import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS: list = [_register_eval_commands, _register_viz_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

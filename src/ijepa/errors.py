@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-_USER_ERRORS = {"CheckpointError", "NonFiniteLossError", "DatasetNotFoundError", "CheckpointMismatchError",
-                "FormatError", "ConfigError", "FileNotFoundError", "NotADirectoryError", "IsADirectoryError"}
+_USER_ERRORS = {
+    "CheckpointError", "NonFiniteLossError", "DatasetNotFoundError", "CheckpointMismatchError", "FormatError",
+    "ConfigError", "VizError", "ShardsNotFoundError", "InteropError", "FileNotFoundError", "NotADirectoryError",
+    "IsADirectoryError",
+}
 
 
 def is_user_error(e: BaseException) -> bool:
