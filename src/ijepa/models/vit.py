@@ -32,9 +32,10 @@ VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
     "vit_gigantic": (1664, 48, 16, 64 / 13),
 }
 
-# torch's CPU flash-attention kernel is 3-4x slower than the plain matmul path in bf16 on short sequences
-# (forward+backward, 3 heads of 64: 31.7 vs 11.8 ms at 49 tokens, 57 vs 13 ms at 20; flash wins again at 197
-# tokens and in fp32), so short bf16 sequences on the CPU take SDPA's MATH backend.
+# torch's CPU flash-attention backward is slow in bf16 on short sequences: forward+backward with 3 heads of 64 takes
+# 31.7 ms against 11.8 ms for the plain matmul path at 49 tokens (57 vs 13 at 20; flash wins again at 197 tokens
+# and in fp32), while its forward alone is 3x faster than the matmul path (14.7 vs 45.4 ms, batch 256, 49 tokens).
+# So short bf16 sequences that need gradients take SDPA's MATH backend on the CPU; everything else takes flash.
 _CPU_BF16_MATH_MAX_TOKENS = 128
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,7 +107,7 @@ class Attention(nn.Module):
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.attn_drop if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and N <= _CPU_BF16_MATH_MAX_TOKENS:
+        if q.requires_grad and q.device.type == "cpu" and q.dtype == torch.bfloat16 and N <= _CPU_BF16_MATH_MAX_TOKENS:
             with sdpa_kernel(SDPBackend.MATH):
                 x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
