@@ -36,7 +36,7 @@ def collapse_stats(target_encoder: torch.nn.Module, images: torch.Tensor) -> dic
 @torch.no_grad()
 def online_knn(target_encoder: torch.nn.Module, bank: torch.Tensor, bank_y: torch.Tensor, query: torch.Tensor,
                query_y: torch.Tensor, batch_size: int = 500) -> float:
-    """k-NN accuracy (k=20, T=0.07, cosine; the ``ijepa eval`` protocol) of pooled target features."""
+    """k-NN accuracy (k=20, T=0.07, cosine, as ``ijepa eval``'s knn) of bank-centred pooled target features."""
     from ..eval.knn import knn_accuracy
 
     was_training = target_encoder.training
@@ -44,4 +44,7 @@ def online_knn(target_encoder: torch.nn.Module, bank: torch.Tensor, bank_y: torc
     feats = [torch.cat([target_encoder(x[i:i + batch_size]).mean(1).float().cpu()
                         for i in range(0, len(x), batch_size)]) for x in (bank, query)]
     target_encoder.train(was_training)
-    return knn_accuracy(feats[0], bank_y, feats[1], query_y, k=20, T=0.07)
+    # Early in training pooled features share one dominant direction (RankMe near 1): cosine similarity of raw
+    # features then barely tells images apart, so both sets are centred on the bank's mean first.
+    mean = feats[0].mean(0, keepdim=True)
+    return knn_accuracy(feats[0] - mean, bank_y, feats[1] - mean, query_y, k=20, T=0.07)
