@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ijepa", description="I-JEPA: pretrain, load published checkpoints, evaluate and visualise.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="pretrain an encoder (CPU default: Fashion-MNIST, ~12 minutes on 2 cores)",
+    t = sub.add_parser("train", help="pretrain an encoder (CPU default: Fashion-MNIST, ~14 minutes on 2 cores)",
                        description="Pretrain an I-JEPA encoder. Everything a run writes goes under --out: the "
                                    "resolved config.yaml, log.csv (one row per step), monitor.csv (collapse "
                                    "checks), summary.json and checkpoints (<tag>-latest.pth.tar, <tag>-epN.pth.tar)."
