@@ -128,6 +128,30 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .eval.finetune import FinetuneConfig, format_history, run_finetune
+
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "min_lr": args.min_lr,
+                 "layer_decay": args.layer_decay, "label_smoothing": args.label_smoothing,
+                 "weight_decay": args.weight_decay, "drop_path": args.drop_path,
+                 "warmup_epochs": args.warmup_epochs, "clip_grad": args.clip_grad, "dtype": args.dtype,
+                 "seed": args.seed}
+    cfg = FinetuneConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if args.no_augment:
+        cfg.random_resized_crop = cfg.hflip = False
+    res = run_finetune(args.src, args.out, cfg=cfg, dataset=args.dataset, images_dir=args.images,
+                       root=args.root, limit=args.limit, which=args.which, path=args.path, device=args.device,
+                       export_hf=args.export_hf, val_fraction=args.val_fraction, progress=not args.no_progress)
+    print(f"\nfine-tuned {res['source']} on {res['dataset']} ({res['split']}): {res['n_train']} training, "
+          f"{res['n_val']} validation images, {cfg.epochs} epochs, {res['seconds']:.0f} s")
+    print(format_history(res))
+    print(f"val top-1: {100 * res['final_val_top1']:.2f}% (best {100 * res['best_val_top1']:.2f}% at epoch "
+          f"{res['best_epoch']})")
+    print(f"results: {Path(args.out) / 'metrics.json'}; model: {Path(args.out) / 'model'}"
+          + (f"; transformers: {res['export_hf']}" if res.get("export_hf") else ""))
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .interop import convert
 
@@ -186,6 +210,44 @@ def _register_eval_commands(sub) -> None:
     e.add_argument("--json", help="where to write the results (default: beside the checkpoint)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_eval)
+
+    f = sub.add_parser("finetune", help="fine-tune an encoder end to end with a linear classification head",
+                       description="Fine-tune a pretrained encoder + linear head on mean-pooled patch tokens "
+                                   "(transformers' IJepaForImageClassification): AdamW, layer-wise lr decay, "
+                                   "warm-up + cosine, label smoothing, drop-path, random-resized crop + flip. "
+                                   "Writes finetune_log.csv, metrics.json and model/ under --out.")
+    f.add_argument("src", metavar="SRC", help="run folder, checkpoint file, transformers/timm folder, our export, "
+                                              "or a published model's name with --path")
+    f.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"],
+                   help="for files holding both: the target (EMA) encoder or the context encoder")
+    f.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
+    data = f.add_mutually_exclusive_group()
+    data.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist"],
+                      help="Fashion-MNIST: train on the training set, validate on the 10,000 test images")
+    data.add_argument("--images", metavar="DIR",
+                      help="image folder with class sub-folders (with train/ and val/ (or test/) sub-folders "
+                           "those are the splits, else --val-fraction of each class is held out)")
+    f.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)")
+    f.add_argument("--val-fraction", type=float, default=0.1, help="with --images and no val/ folder")
+    f.add_argument("--out", "-o", required=True, help="folder for finetune_log.csv, metrics.json and model/")
+    f.add_argument("--epochs", type=int, help="default 10")
+    f.add_argument("--batch-size", type=int, help="default 128")
+    f.add_argument("--lr", type=float, help="base lr per 256 images, peak = lr * batch / 256 (default 1e-3)")
+    f.add_argument("--min-lr", type=float, help="cosine floor (default 1e-6)")
+    f.add_argument("--warmup-epochs", type=float, help="default 1")
+    f.add_argument("--weight-decay", type=float, help="AdamW, matrices only (default 0.05)")
+    f.add_argument("--layer-decay", type=float, help="layer-wise lr decay, 1 = off (default 0.75)")
+    f.add_argument("--label-smoothing", type=float, help="default 0.1")
+    f.add_argument("--drop-path", type=float, help="stochastic depth of the last block (default 0.1)")
+    f.add_argument("--clip-grad", type=float, help="max gradient norm (default: no clipping)")
+    f.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast where it pays")
+    f.add_argument("--seed", type=int, help="default 0")
+    f.add_argument("--no-augment", action="store_true", help="no random-resized crop or flip")
+    f.add_argument("--limit", type=int, help="use only N images of each split")
+    f.add_argument("--export-hf", metavar="DIR", help="also write a transformers IJepaForImageClassification folder")
+    f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=_cmd_finetune)
 
     x = sub.add_parser("extract", help="extract features to .npy or .safetensors",
                        description="Run a frozen encoder over a dataset and save pooled features (and labels).")

@@ -1,4 +1,6 @@
-"""Evaluation of frozen encoders: feature extraction, linear / k-NN / low-shot / attentive probes.
+"""Evaluation of encoders: feature extraction, linear / k-NN / low-shot / attentive probes on frozen features,
+and end-to-end fine-tuning with a classification head (``ijepa.eval.finetune``; its ``finetune`` function is
+not re-exported here, so that the name keeps meaning the module).
 
 Works with any encoder whose ``forward(images)`` returns patch tokens (B, N, D); nothing here depends on
 the training code.
@@ -15,6 +17,15 @@ from .extract import (
     resolve_input_spec,
     save_features,
 )
+from .finetune import (
+    ClassifierModel,
+    FinetuneConfig,
+    evaluate_classifier,
+    load_classifier,
+    param_groups_lrd,
+    save_classifier,
+    save_hf_classifier,
+)
 from .knn import knn_accuracy, knn_classify
 from .linear import (
     DEFAULT_WDS,
@@ -28,8 +39,10 @@ from .linear import (
 from .lowshot import lowshot_eval, parse_shot, sample_per_class
 
 __all__ = [
-    "DEFAULT_WDS", "POOLINGS", "AttentiveProbe", "LogisticRegression", "bf16_supported", "default_input_spec",
-    "extract_features", "fit_logistic", "fmnist_probe", "knn_accuracy", "knn_classify", "linear_probe",
-    "load_features", "lowshot_eval", "parse_shot", "pixel_features", "prepare_images", "resolve_input_spec",
-    "sample_per_class", "save_features", "stratified_split", "train_attentive_probe",
+    "DEFAULT_WDS", "POOLINGS", "AttentiveProbe", "ClassifierModel", "FinetuneConfig", "LogisticRegression",
+    "bf16_supported", "default_input_spec", "evaluate_classifier", "extract_features", "fit_logistic",
+    "fmnist_probe", "knn_accuracy", "knn_classify", "linear_probe", "load_classifier", "load_features",
+    "lowshot_eval", "param_groups_lrd", "parse_shot", "pixel_features", "prepare_images", "resolve_input_spec",
+    "sample_per_class", "save_classifier", "save_features", "save_hf_classifier", "stratified_split",
+    "train_attentive_probe",
 ]
