@@ -81,6 +81,18 @@ def _to_tensor(images: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
+def as_nchw(images: Any) -> torch.Tensor:
+    """Raw images shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3, 4} -> (N, C, H, W), dtype kept."""
+    x = _to_tensor(images)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        x = x.permute(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise ValueError(f"expected images shaped (N,H,W) or (N,C,H,W), got {tuple(x.shape)}")
+    return x
+
+
 def prepare_images(images: torch.Tensor | np.ndarray, input_spec: dict | None = None, *,
                    normalize: bool = True) -> torch.Tensor:
     """Turn a batch of raw images into the encoder's input (float32, (N, C, H, W), on the input's device).
@@ -91,13 +103,7 @@ def prepare_images(images: torch.Tensor | np.ndarray, input_spec: dict | None = 
     grey) or stripped of alpha to match ``in_chans``, and normalised with the spec's mean/std unless
     ``normalize=False`` (the raw-pixel baseline wants [0, 1] pixels)."""
     spec = resolve_input_spec(None, input_spec)
-    x = _to_tensor(images)
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise ValueError(f"expected images shaped (N,H,W) or (N,C,H,W), got {tuple(x.shape)}")
+    x = as_nchw(images)
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     elif not x.is_floating_point():

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
-from .extract import _autocast, _encoder_device, _to_tensor, prepare_images, resolve_input_spec
+from .extract import _autocast, _encoder_device, as_nchw, prepare_images, resolve_input_spec
 
 __all__ = ["ClassifierModel", "FinetuneConfig", "NonFiniteLossError", "cosine_lr", "evaluate_classifier",
            "finetune", "format_history", "layer_id_for", "load_classifier", "load_image_folder",
@@ -295,13 +295,7 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak: float, floor
 
 def _as_nchw(images: Any) -> torch.Tensor:
     """Raw images (any layout :func:`prepare_images` takes) -> (N, C, H, W), dtype kept (uint8 stays uint8)."""
-    x = _to_tensor(images)
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise ValueError(f"expected images shaped (N,H,W) or (N,C,H,W), got {tuple(x.shape)}")
+    x = as_nchw(images)
     if x.dtype != torch.uint8 and not x.is_floating_point():
         raise TypeError(f"images must be uint8 or float in [0, 1], got {x.dtype}")
     return x
