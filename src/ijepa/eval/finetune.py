@@ -442,7 +442,8 @@ def _train(model: ClassifierModel, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
     from tqdm.auto import tqdm  # imported here so that importing ijepa.eval stays light
 
     groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay)
-    opt = torch.optim.AdamW(groups, lr=cfg.peak_lr(), betas=(0.9, 0.999))
+    fast = {"fused": True} if dev.type == "cuda" else {"foreach": True}  # as pretraining's optimizer
+    opt = torch.optim.AdamW(groups, lr=cfg.peak_lr(), betas=(0.9, 0.999), **fast)
     params = [p for g in groups for p in g["params"]]
     g = torch.Generator().manual_seed(cfg.seed)
     augment = _Augment(spec, cfg, g)
