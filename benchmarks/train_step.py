@@ -2,12 +2,15 @@
 
     python benchmarks/train_step.py                                   # ViT-tiny/4, 32 px, batch 128, fp32 + bf16
     python benchmarks/train_step.py --arch vit_base --patch 16 --img 224 --batch 64 --device cuda --compile
+    python benchmarks/train_step.py --dtypes bf16 --variant one-pass:meta.pred_one_pass=true   # an option's ratio
 
 Each configuration (dtype × eager/compile) runs in a fresh subprocess so its peak memory (CUDA: max allocated;
 CPU: the process's peak RSS growth over the model set-up) is its own. The matmul peak of the same dtype is
-measured in the same run (a large square matmul), and the script prints every ratio against the fp32 eager
-step measured in the same run. The breakdown comes from ``record_function`` labels inside the real
-``train_step`` (no copy of the step lives here). Writes a table to stdout and JSON to --json.
+measured in the same run (a large square matmul), and the script prints every ratio against the first
+configuration (fp32 eager by default) measured in the same run. ``--variant NAME:key=value,...`` adds the same
+measurements with extra config overrides (e.g. an option's speed-up against the default). The breakdown comes
+from ``record_function`` labels inside the real ``train_step`` (no copy of the step lives here). Writes a table
+to stdout and JSON to --json.
 """
 
 from __future__ import annotations
@@ -76,13 +79,17 @@ def worker(args: argparse.Namespace) -> dict:
     crop = BatchRandomResizedCrop(args.img, scale=(0.3, 1.0))
     raw = torch.randint(0, 256, (args.batch, args.chans, args.img, args.img), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
-    # One mask geometry for every timed step: the figure is the step's cost, not oneDNN's shape cache.
+    # One mask geometry for every timed step: the figure is the step's cost, not oneDNN's shape cache. With
+    # --fresh-masks, a new geometry each step as in training (token counts, hence matmul shapes, vary).
     masks = sampler(args.batch, g)
     masks = ([m.to(device) for m in masks[0]], [m.to(device) for m in masks[1]])
 
     def step(i: int) -> None:
         x = crop(raw.to(device), torch.Generator().manual_seed(i))
-        train_step(state, x, *masks, i)
+        m = masks
+        if args.fresh_masks:
+            m = sampler(args.batch, torch.Generator().manual_seed(1000 + i))
+        train_step(state, x, *m, i)
 
     for i in range(args.warmup):
         step(i)
@@ -133,6 +140,10 @@ def worker(args: argparse.Namespace) -> dict:
             "tokens": {"context": int(masks[0][0].shape[1]), "target": int(masks[1][0].shape[1])}}
 
 
+def _row_name(r: dict) -> str:
+    return (r["variant"] + " " if r["variant"] else "") + r["dtype"] + (" compile" if r["compile"] else " eager")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="vit_tiny")
@@ -148,7 +159,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", default="benchmarks/results/train_step.json")
+    p.add_argument("--fresh-masks", action="store_true",
+                   help="a new mask geometry every step, as in training (default: one fixed geometry)")
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...",
+                   help="also measure with these extra overrides (repeatable); ratios are against the first row")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -156,37 +171,43 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
+    variants = [("", [])]
+    for v in args.variant:
+        name, _, kv = v.partition(":")
+        variants.append((name, [o for o in kv.split(",") if o]))
     runs = []
-    for dtype in args.dtypes.split(","):
-        for comp in ([False, True] if args.compile else [False]):
-            cmd = [sys.executable, __file__, "--worker", "--dtype", dtype, "--arch", args.arch, "--patch",
-                   str(args.patch), "--img", str(args.img), "--chans", str(args.chans), "--batch", str(args.batch),
-                   "--pred-depth", str(args.pred_depth), "--pred-dim", str(args.pred_dim), "--device", args.device,
-                   "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if comp else [])
-            if args.override:
-                cmd += ["--override", *args.override]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"worker failed ({dtype}, compile={comp}):\n{out.stderr[-3000:]}")
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for (vname, extra), dtype, comp in ((v, d, c) for v in variants for d in args.dtypes.split(",")
+                                        for c in ([False, True] if args.compile else [False])):
+        cmd = [sys.executable, __file__, "--worker", "--dtype", dtype, "--arch", args.arch, "--patch",
+               str(args.patch), "--img", str(args.img), "--chans", str(args.chans), "--batch", str(args.batch),
+               "--pred-depth", str(args.pred_depth), "--pred-dim", str(args.pred_dim), "--device", args.device,
+               "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if comp else []) + (
+               ["--fresh-masks"] if args.fresh_masks else [])
+        if args.override or extra:
+            cmd += ["--override", *args.override, *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"worker failed ({vname or 'base'} {dtype}, compile={comp}):\n{out.stderr[-3000:]}")
+        runs.append({**json.loads(out.stdout.strip().splitlines()[-1]), "variant": vname})
 
     base = runs[0]["step_ms"]
     title = (f"{args.arch}/{args.patch} at {args.img} px, batch {args.batch}, predictor {args.pred_depth}x"
              f"{args.pred_dim}, {args.device} ({torch.get_num_threads()} threads)")
     print(title)
-    print(f"{'config':<14}{'step ms':>9}{'img/s':>8}{'vs fp32':>9}{'peak MiB':>10}{'GFLOP/img':>11}"
+    width = max(14, *(len(r["variant"]) + 16 for r in runs))
+    print(f"{'config':<{width}}{'step ms':>9}{'img/s':>8}{'vs first':>9}{'peak MiB':>10}{'GFLOP/img':>11}"
           f"{'TFLOP/s':>9}{'peak':>8}{'MFU':>7}")
     for r in runs:
-        name = r["dtype"] + (" compile" if r["compile"] else " eager")
-        print(f"{name:<14}{r['step_ms']:>9.1f}{r['images_per_s']:>8.1f}{base / r['step_ms']:>8.2f}x"
+        name = _row_name(r)
+        print(f"{name:<{width}}{r['step_ms']:>9.1f}{r['images_per_s']:>8.1f}{base / r['step_ms']:>8.2f}x"
               f"{r['peak_mem_mib']:>10.0f}{r['gflop_per_image']:>11.3f}{r['achieved_tflops']:>9.3f}"
               f"{r['matmul_peak_tflops']:>8.3f}{100 * r['mfu']:>6.1f}%")
     print("\nbreakdown (ms per step): " + ", ".join(PHASES))
     for r in runs:
-        name = r["dtype"] + (" compile" if r["compile"] else " eager")
-        print(f"{name:<14}" + " ".join(f"{r['phases_ms'].get(k, float('nan')):>8.1f}" for k in PHASES))
+        name = _row_name(r)
+        print(f"{name:<{width}}" + " ".join(f"{r['phases_ms'].get(k, float('nan')):>8.1f}" for k in PHASES))
     print(f"\nmask sampling per batch of {args.batch}: {runs[0]['phases_ms']['masks']:.2f} ms "
-          f"({100 * runs[0]['phases_ms']['masks'] / base:.2f}% of the fp32 step)")
+          f"({100 * runs[0]['phases_ms']['masks'] / base:.2f}% of the first configuration's step)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"title": title, "args": vars(args), "runs": runs}, indent=2))
     print(f"results: {args.json}")

@@ -152,3 +152,48 @@ def test_predictor_outputs_one_prediction_per_target_and_context_mask():
     # rows are ordered (target mask, context mask, image): recompute one block alone and compare
     alone = pred(enc(x, ctx[1]), ctx[1], tgt[2])
     assert torch.allclose(out[2 * 4 + 2: 2 * 4 + 4], alone, atol=1e-5)
+
+
+def _one_pass_inputs(n_ctx_masks=1, B=3, grid=6, K=4, n_ctx=9, n_pred=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    masks_x = [torch.stack([torch.randperm(grid * grid, generator=g)[:n_ctx].sort().values for _ in range(B)])
+               for _ in range(n_ctx_masks)]
+    masks = [torch.stack([torch.randperm(grid * grid, generator=g)[:K].sort().values for _ in range(B)])
+             for _ in range(n_pred)]
+    x = torch.randn(n_ctx_masks * B, n_ctx, 32, generator=g)
+    return x, masks_x, masks
+
+
+def test_one_pass_predictor_equals_per_target_at_depth_one():
+    # At depth 1 a mask token's output depends only on the inputs it attends to (context + its own block) in
+    # both modes, so one pass must reproduce the reference's per-target pass exactly, order included.
+    torch.manual_seed(0)
+    ref = build_predictor(grid_size=6, embed_dim=32, predictor_embed_dim=16, depth=1, num_heads=2).eval()
+    one = build_predictor(grid_size=6, embed_dim=32, predictor_embed_dim=16, depth=1, num_heads=2,
+                          one_pass=True).eval()
+    one.load_state_dict(ref.state_dict())
+    for n_ctx_masks in (1, 2):
+        x, masks_x, masks = _one_pass_inputs(n_ctx_masks)
+        a, b = ref(x, masks_x, masks), one(x, masks_x, masks)
+        assert a.shape == b.shape == (3 * n_ctx_masks * 3, 4, 32)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_one_pass_predictor_blocks_do_not_see_each_other():
+    # Deeper, the two modes differ (context tokens no longer attend to mask tokens), but each block's prediction
+    # must still depend on the context and that block only: dropping the other blocks changes nothing.
+    torch.manual_seed(0)
+    one = build_predictor(grid_size=6, embed_dim=32, predictor_embed_dim=16, depth=3, num_heads=2,
+                          one_pass=True).eval()
+    with torch.no_grad():  # weights large enough that context tokens' attention to mask tokens shows
+        for p in one.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    ref = build_predictor(grid_size=6, embed_dim=32, predictor_embed_dim=16, depth=3, num_heads=2).eval()
+    ref.load_state_dict(one.state_dict())
+    x, masks_x, masks = _one_pass_inputs()
+    full = one(x, masks_x, masks).view(3, 3, 4, 32)
+    for m in range(3):
+        torch.testing.assert_close(one(x, masks_x, [masks[m]]), full[m], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ref(x, masks_x, masks), full.reshape(9, 4, 32), atol=1e-4)
+    assert one.arch_dict()["one_pass"] is True

@@ -39,6 +39,9 @@ class MetaConfig:
     pred_depth: int = _f(12, "predictor blocks")
     pred_emb_dim: int = _f(384, "predictor width")
     pred_num_heads: int | None = _f(None, "predictor attention heads (null: the encoder's, as the reference)")
+    pred_one_pass: bool = _f(False, "run the predictor once per image with every target block's mask tokens "
+                                    "(block-masked attention; context tokens do not see mask tokens) instead of "
+                                    "once per target block as the reference: fewer predictor tokens")
     drop_path: float = _f(0.0, "stochastic depth rate of the context encoder (linear over blocks)")
     use_bfloat16: bool = _f(True, "bf16 autocast where the device supports it (CUDA with bf16, CPUs with "
                                   "avx512_bf16/AMX); fp32 elsewhere")
@@ -171,9 +174,10 @@ class LoggingConfig:
     checkpoint_every_steps: int = _f(0, "also write latest every N steps (0: only at epoch ends)")
     monitor_freq: int = _f(0, "steps between collapse checks (feature std, RankMe) on a fixed batch "
                               "(0: at epoch ends only)")
-    online_knn: bool = _f(True, "with each collapse check, k-NN accuracy (k=20, T=0.07) of the target encoder's "
-                                "pooled features: 2,000 labelled training images as the bank, 1,000 held-out "
-                                "test images as queries (Fashion-MNIST only; other datasets skip it)")
+    online_knn: bool = _f(True, "at each epoch end and the end of the run, k-NN accuracy (k=20, T=0.07) of the "
+                                "target encoder's pooled features: 2,000 labelled training images as the bank, "
+                                "1,000 held-out test images as queries (Fashion-MNIST only; other datasets skip "
+                                "it). The every-monitor_freq-steps checks skip it: it costs ~10x the rest")
     tensorboard: bool = _f(False, "also write TensorBoard events (needs the tensorboard package)")
     progress: bool = _f(True, "show a progress bar")
 

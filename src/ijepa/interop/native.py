@@ -42,7 +42,7 @@ PREDICTOR_PREFIX = "predictor."
 ENCODER_ARCH_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
                      "qkv_bias", "norm_eps")
 PREDICTOR_ARCH_KEYS = ("grid_size", "embed_dim", "predictor_embed_dim", "depth", "num_heads", "mlp_ratio",
-                       "qkv_bias", "norm_eps")
+                       "qkv_bias", "norm_eps", "one_pass")
 # Head count is the one architectural field the weights do not record (it only changes how qkv is split), so
 # for a width in the size registry we take the registry's count.
 HEADS_BY_WIDTH: dict[int, int] = {dim: heads for dim, _, heads, _ in VIT_SIZES.values()}
@@ -467,7 +467,7 @@ def build_predictor_from_weights(w: Weights, encoder: VisionTransformer,
         return None
     inferred = infer_predictor_arch(w.predictor)
     a: dict[str, Any] = {"mlp_ratio": 4.0, "qkv_bias": True, "norm_eps": encoder.norm_eps,
-                         "embed_dim": encoder.embed_dim}
+                         "embed_dim": encoder.embed_dim, "one_pass": False}
     a.update(inferred)
     a.update({k: v for k, v in w.predictor_hint.items() if k in PREDICTOR_ARCH_KEYS})
     a.update({k: v for k, v in (arch or {}).items() if k in PREDICTOR_ARCH_KEYS})

@@ -1,5 +1,15 @@
 """The I-JEPA predictor: a narrow ViT that, given the context tokens and mask tokens at the target positions,
-predicts the target encoder's representations there. Parameter names follow the reference's."""
+predicts the target encoder's representations there. Parameter names follow the reference's.
+
+Two ways to run it, same weights:
+- per target (the reference's): one sequence per target block, context tokens + that block's mask tokens, all
+  attending to all. The context is processed once per target block.
+- one pass (``one_pass=True``): one sequence per image, context tokens + every block's mask tokens, with an
+  attention mask: context tokens attend to the context only, a block's mask tokens to the context and their own
+  block. Each block's prediction then depends on the context and itself alone, as before, but the context is
+  processed once, so the predictor's tokens fall from M·(C + K) to C + M·K. What changes: context tokens no
+  longer see the mask tokens.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +25,10 @@ from .vit import Block, apply_masks, init_vit_weights, to_2tuple
 class VisionTransformerPredictor(nn.Module):
     def __init__(self, grid_size: int | Sequence[int], embed_dim: int = 768, predictor_embed_dim: int = 384,
                  depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path_rate: float = 0.0, norm_eps: float = 1e-6, init_std: float = 0.02):
+                 drop_path_rate: float = 0.0, norm_eps: float = 1e-6, init_std: float = 0.02,
+                 one_pass: bool = False):
         super().__init__()
+        self.one_pass = one_pass
         self.grid_size = to_2tuple(grid_size)
         self.embed_dim = embed_dim
         self.predictor_embed_dim = predictor_embed_dim
@@ -54,6 +66,8 @@ class VisionTransformerPredictor(nn.Module):
         n_ctx = x.shape[1]
         # Mask tokens carry only their position; one row of predictions per (target mask, context mask) pair.
         pred_pos = apply_masks(pos, masks)  # (len(masks)·B, K, d)
+        if self.one_pass:
+            return self._forward_one_pass(x, pred_pos, len(masks), n_ctx_masks, B)
         pred_pos = pred_pos.view(len(masks), 1, B, *pred_pos.shape[1:]).expand(-1, n_ctx_masks, -1, -1, -1)
         pred_tokens = self.mask_token + pred_pos.reshape(-1, *pred_pos.shape[3:])
         x = torch.cat([x.repeat(len(masks), 1, 1), pred_tokens], dim=1)
@@ -61,10 +75,28 @@ class VisionTransformerPredictor(nn.Module):
             x = blk(x)
         return self.predictor_proj(self.predictor_norm(x[:, n_ctx:]))
 
+    def _forward_one_pass(self, x: torch.Tensor, pred_pos: torch.Tensor, n_pred: int, n_ctx_masks: int,
+                          B: int) -> torch.Tensor:
+        n_ctx, K = x.shape[1], pred_pos.shape[1]
+        # (M·B, K, d) -> (B, M·K, d): each image's blocks side by side; repeated for each context mask.
+        tokens = self.mask_token + pred_pos.view(n_pred, B, K, -1).transpose(0, 1).reshape(B, n_pred * K, -1)
+        x = torch.cat([x, tokens.repeat(n_ctx_masks, 1, 1)], dim=1)
+        # group id: -1 for context tokens, m for block m's mask tokens. Query attends key iff the key is context
+        # or in the query's own block (so context queries see the context only).
+        group = torch.arange(n_pred, device=x.device).repeat_interleave(K)
+        group = torch.cat([group.new_full((n_ctx,), -1), group])
+        attn_mask = (group[None, :] == -1) | (group[None, :] == group[:, None])
+        for blk in self.predictor_blocks:
+            x = blk(x, attn_mask)
+        out = self.predictor_proj(self.predictor_norm(x[:, n_ctx:]))  # (n_ctx_masks·B, M·K, D)
+        # back to the per-target order: target mask, then context mask, then image
+        out = out.view(n_ctx_masks, B, n_pred, K, -1).permute(2, 0, 1, 3, 4)
+        return out.reshape(n_pred * n_ctx_masks * B, K, -1)
+
     def arch_dict(self) -> dict:
         return {"grid_size": list(self.grid_size), "embed_dim": self.embed_dim,
                 "predictor_embed_dim": self.predictor_embed_dim, "depth": self.depth, "num_heads": self.num_heads,
-                "mlp_ratio": self.mlp_ratio, "norm_eps": self.norm_eps}
+                "mlp_ratio": self.mlp_ratio, "norm_eps": self.norm_eps, "one_pass": self.one_pass}
 
 
 def build_predictor(encoder: nn.Module | None = None, *, grid_size: int | Sequence[int] | None = None,

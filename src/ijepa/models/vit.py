@@ -103,15 +103,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask``: optional bool (N, N), True where a query may attend to a key (the one-pass predictor)."""
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.attn_drop if self.training else 0.0
         if q.requires_grad and q.device.type == "cpu" and q.dtype == torch.bfloat16 and N <= _CPU_BF16_MATH_MAX_TOKENS:
             with sdpa_kernel(SDPBackend.MATH):
-                x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+                x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
@@ -125,8 +126,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

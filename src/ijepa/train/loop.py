@@ -121,7 +121,7 @@ def build_models(cfg: Config, input_spec: dict) -> tuple[nn.Module, nn.Module, n
                             in_chans=cfg.data.in_chans, drop_path_rate=cfg.meta.drop_path, **enc_kw)
     encoder.input_spec = dict(input_spec)
     predictor = build_predictor(encoder, predictor_embed_dim=cfg.meta.pred_emb_dim, depth=cfg.meta.pred_depth,
-                                num_heads=cfg.meta.pred_num_heads)
+                                num_heads=cfg.meta.pred_num_heads, one_pass=cfg.meta.pred_one_pass)
     target = copy.deepcopy(encoder)
     for p in target.parameters():
         p.requires_grad_(False)
@@ -305,12 +305,14 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
 
     monitored: dict[int, dict] = {}
 
-    def monitor(step: int) -> dict:
+    def monitor(step: int, knn: bool = True) -> dict:
+        """Collapse stats on the fixed batch; the online k-NN (3,000 forward passes, ~10x the rest) only when
+        ``knn`` — at epoch ends and the end of the run, not at the every-N-steps checks."""
         if step in monitored:
             return monitored[step]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             stats = collapse_stats(target, monitor_images)
-            if knn_sets is not None:
+            if knn and knn_sets is not None:
                 stats["knn"] = online_knn(target, *knn_sets)
         monitored[step] = stats
         if dist.is_main:
@@ -391,8 +393,8 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
                                 if "knn" in last_stats:
                                     post["knn"] = f"{100 * last_stats['knn']:.1f}%"
                             progress.set_postfix(post, refresh=False)
-                    if cfg.logging.monitor_freq and step % cfg.logging.monitor_freq == 0:
-                        last_stats = monitor(step)
+                    if cfg.logging.monitor_freq and step % cfg.logging.monitor_freq == 0 and step % ipe:
+                        last_stats = {**last_stats, **monitor(step, knn=False)}
                     every = cfg.logging.checkpoint_every_steps
                     if every and step % every == 0 and step % ipe:
                         save(step, flush())
@@ -403,7 +405,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
                         break
                 if stop_reason is None and step % ipe == 0:  # a whole epoch done
                     done_epoch = step // ipe
-                    last_stats = monitor(step)
+                    last_stats = {**last_stats, **monitor(step)}
                     keep = cfg.logging.checkpoint_freq and done_epoch % cfg.logging.checkpoint_freq == 0
                     save(step, flush(), keep_epoch=done_epoch if keep else None)
             final_loss = flush()
