@@ -226,3 +226,35 @@ def test_training_streams_from_tar_shards(tmp_path):
     with pytest.warns(Warning, match="bad|not"):
         summary = train(cfg, tmp_path / "run")
     assert summary["steps"] == 2 and summary["skipped_images"] == 2  # the corrupt file, once per epoch
+
+
+def test_target_batch_norm_removes_what_depends_on_position_only():
+    from ijepa.train.loop import normalize_targets
+
+    g = torch.Generator().manual_seed(0)
+    position = 5 * torch.randn(1, 9, 16, generator=g)  # the same for every image: position-only information
+    content = torch.randn(32, 9, 16, generator=g)
+    h = position + content
+    paper = normalize_targets(h, "none")
+    torch.testing.assert_close(paper, torch.nn.functional.layer_norm(h, (16,)))
+    # with the paper's targets the position part dominates; batch-centred targets keep only the content
+    assert paper.mean(0).pow(2).mean() > 0.5
+    centred = normalize_targets(h, "center")
+    assert centred.mean(0).abs().max() < 1e-5
+    torch.testing.assert_close(centred, paper - paper.mean(0, keepdim=True))
+    std = normalize_targets(h, "standardize")
+    torch.testing.assert_close(std.std(0), torch.ones(9, 16), atol=1e-4, rtol=0)
+    # the content part survives: standardised targets still tell the images apart as the raw content does
+    corr = torch.corrcoef(torch.stack([std[:, 0, 0], content[:, 0, 0]]))[0, 1]
+    assert corr > 0.5
+    with pytest.raises(Exception, match="target_batch_norm"):
+        cfg_with("loss.target_batch_norm=whiten")
+
+
+def test_online_knn_runs_at_epoch_ends_only(tmp_path):
+    # 16 steps per epoch, a collapse check every 4 steps: std/RankMe at 4, 8, 12, 16, 20; k-NN at 16 and 20 only
+    train(cfg_with("optimization.max_steps=20", "logging.monitor_freq=4"), tmp_path)
+    mon = {int(r["step"]): r for r in csv.DictReader(open(tmp_path / "monitor.csv"))}
+    assert sorted(mon) == [4, 8, 12, 16, 20]
+    assert all(float(r["rankme"]) >= 1.0 for r in mon.values())
+    assert [s for s, r in mon.items() if r["knn"]] == [16, 20]

@@ -53,13 +53,23 @@ def vicreg_terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return var, off / z.shape[1]
 
 
+def normalize_targets(h: torch.Tensor, batch_norm: str = "none") -> torch.Tensor:
+    """The paper's per-token layer norm of the target encoder's output (B, N, D); optionally (ours) each
+    position's batch statistics removed too ('center': mean, 'standardize': mean and std)."""
+    h = F.layer_norm(h.float(), h.shape[-1:])
+    if batch_norm != "none" and h.shape[0] > 1:
+        h = h - h.mean(dim=0, keepdim=True)
+        if batch_norm == "standardize":
+            h = h / (h.std(dim=0, keepdim=True) + 1e-6)
+    return h
+
+
 def jepa_loss(encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module, images: torch.Tensor,
               masks_enc: list[torch.Tensor], masks_pred: list[torch.Tensor],
-              var_weight: float = 0.0, cov_weight: float = 0.0) -> torch.Tensor:
+              var_weight: float = 0.0, cov_weight: float = 0.0, target_batch_norm: str = "none") -> torch.Tensor:
     B = images.shape[0]
     with torch.no_grad(), record_function("target_forward"):
-        h = target_encoder(images)
-        h = F.layer_norm(h, h.shape[-1:])
+        h = normalize_targets(target_encoder(images), target_batch_norm)
         h = apply_masks(h, masks_pred)  # (npred·B, K, D)
         if len(masks_enc) > 1:  # one copy per context mask, in the predictor's output order
             h = h.view(len(masks_pred), 1, B, *h.shape[1:]).expand(-1, len(masks_enc), -1, -1, -1)
@@ -86,6 +96,7 @@ class TrainState:
     clip_grad: float | None = None
     var_weight: float = 0.0
     cov_weight: float = 0.0
+    target_batch_norm: str = "none"
     ema_pairs: tuple[list, list] = field(default_factory=lambda: ([], []))
 
 
@@ -98,7 +109,7 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
             group["weight_decay"] = wd
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
         loss = jepa_loss(s.encoder, s.predictor, s.target_encoder, images, masks_enc, masks_pred,
-                         s.var_weight, s.cov_weight)
+                         s.var_weight, s.cov_weight, s.target_batch_norm)
     s.optimizer.zero_grad(set_to_none=True)
     with record_function("backward"):
         loss.backward()
@@ -255,7 +266,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         fwd_encoder, fwd_predictor, fwd_target = (torch.compile(m) for m in (fwd_encoder, fwd_predictor, target))
     state = TrainState(fwd_encoder, fwd_predictor, fwd_target, optimizer, schedules, device, bf16,
                        cfg.optimization.clip_grad, cfg.loss.var_weight, cfg.loss.cov_weight,
-                       (list(target.parameters()), list(raw_encoder.parameters())))
+                       cfg.loss.target_batch_norm, (list(target.parameters()), list(raw_encoder.parameters())))
 
     # -- logging (rank 0 writes; every rank computes)
     log_csv = mon_csv = tb = None
@@ -393,7 +404,9 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
                                 if "knn" in last_stats:
                                     post["knn"] = f"{100 * last_stats['knn']:.1f}%"
                             progress.set_postfix(post, refresh=False)
-                    if cfg.logging.monitor_freq and step % cfg.logging.monitor_freq == 0 and step % ipe:
+                    # epoch ends and the last step get the full check (with k-NN) below
+                    if (cfg.logging.monitor_freq and step % cfg.logging.monitor_freq == 0 and step % ipe
+                            and step < total_steps):
                         last_stats = {**last_stats, **monitor(step, knn=False)}
                     every = cfg.logging.checkpoint_every_steps
                     if every and step % every == 0 and step % ipe:
