@@ -230,6 +230,11 @@ def test_native_export_round_trip_is_exact(tmp_path: Path) -> None:
     x = _images(64, 96)
     with torch.no_grad():
         assert torch.equal(back(x), enc(x))
+    assert back_pred.one_pass is False
+    # the one-pass predictor's mode is not in its weights: the export's arch record must carry it
+    pred.one_pass = True
+    f = interop.export(enc, tmp_path / "enc1.safetensors", predictor=pred)
+    assert interop.load(f, with_predictor=True)[1].one_pass is True
 
 
 def _reference_file(path: Path, ctx: VisionTransformer, tgt: VisionTransformer,
