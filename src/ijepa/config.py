@@ -158,19 +158,16 @@ class LossConfig:
     var_weight: float = _f(0.0, "ours, not the paper's: weight of a VICReg variance term (hinge on the per-"
                                 "dimension std of the batch's pooled context features); 0 = the paper's loss")
     cov_weight: float = _f(0.0, "ours: weight of the VICReg covariance term on the same features")
-    target_batch_norm: str = _f("none", "ours: after the paper's layer norm, 'center' subtracts each patch "
-                                        "position's mean over the batch from the targets, 'standardize' also "
-                                        "divides by its std, so the part of a target that depends on position only "
-                                        "(which the predictor can read off the mask token's position) leaves the "
-                                        "loss; 'none' = the paper's targets. Statistics are per process under DDP")
+    target_batch_norm: Literal["none", "center", "standardize"] = _f(
+        "none", "ours: after the paper's layer norm, 'center' subtracts each patch position's mean over the batch "
+                "from the targets, 'standardize' also divides by its std, so the part of a target that depends on "
+                "position only (which the predictor can read off the mask token's position) leaves the loss; "
+                "'none' = the paper's targets. Statistics are per process under DDP")
 
     def check(self) -> None:
         for key in ("var_weight", "cov_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0")
-        if self.target_batch_norm not in ("none", "center", "standardize"):
-            raise ConfigError(f"loss.target_batch_norm must be none, center or standardize, "
-                              f"got '{self.target_batch_norm}'")
 
 
 @dataclass
