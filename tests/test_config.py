@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 import yaml
 
 from ijepa.config import (
@@ -34,6 +35,7 @@ def test_default_config_is_the_cpu_recipe():
     ("meta.model_name=vit_enormous", "meta.model_name: unknown encoder"),
     ("optimization.warmup=100", "optimization.warmup (100.0) is longer than the run"),
     ("data.mean=[0.5,0.5]", "data.mean has 2 values but data.in_chans is 1"),
+    ("meta.init_std=0", "meta.init_std must be > 0"),
 ])
 def test_bad_configs_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
@@ -112,3 +114,17 @@ def test_configuration_doc_is_current():
     from pathlib import Path
     doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     assert describe().strip() in doc, "regenerate docs/configuration.md with `ijepa config --keys`"
+
+
+def test_init_std_sets_the_encoders_init_only():
+    from ijepa.train.loop import build_models
+    spec = {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)}
+    stds = {}
+    for init_std in (0.02, 0.1):
+        torch.manual_seed(0)
+        enc, pred, tgt = build_models(load_config(None, [f"meta.init_std={init_std}"]), spec)
+        stds[init_std] = (enc.blocks[0].mlp.fc1.weight.std().item(),
+                          pred.predictor_blocks[0].mlp.fc1.weight.std().item())
+        assert torch.equal(enc.blocks[0].mlp.fc1.weight, tgt.blocks[0].mlp.fc1.weight)
+    assert abs(stds[0.02][0] - 0.02) < 0.002 and abs(stds[0.1][0] - 0.1) < 0.01
+    assert stds[0.02][1] == pytest.approx(stds[0.1][1])  # the predictor keeps the reference's init

@@ -258,3 +258,22 @@ def test_online_knn_runs_at_epoch_ends_only(tmp_path):
     assert sorted(mon) == [4, 8, 12, 16, 20]
     assert all(float(r["rankme"]) >= 1.0 for r in mon.values())
     assert [s for s, r in mon.items() if r["knn"]] == [16, 20]
+
+
+def test_sigreg_measures_distance_from_an_isotropic_gaussian_and_its_gradient_closes_it():
+    from ijepa.train.loop import sigreg
+
+    torch.manual_seed(0)
+    gauss = torch.randn(256, 32)
+    near = sigreg(gauss).item()
+    assert near < 3  # a test statistic: about 1 for a true standard Gaussian sample
+    for far in (3 * torch.randn(256, 32), torch.randn(256, 2) @ torch.randn(2, 32), torch.randn(256, 32) + 2):
+        assert sigreg(far).item() > 5 * near  # wrong scale, collapsed to a plane, off-centre
+    z = (0.1 * torch.randn(256, 32)).requires_grad_()  # shrunken features: gradient descent spreads them out
+    before = sigreg(z, num_slices=512).item()
+    for _ in range(50):
+        (g,) = torch.autograd.grad(sigreg(z, num_slices=512), z)
+        z = (z - 2.0 * g).detach().requires_grad_()
+    assert sigreg(z, num_slices=512).item() < before / 50 and 0.9 < z.std().item() < 1.1
+    with pytest.raises(Exception, match="loss.sigreg_weight must be >= 0"):
+        cfg_with("loss.sigreg_weight=-1")

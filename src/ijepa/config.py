@@ -42,6 +42,8 @@ class MetaConfig:
     pred_one_pass: bool = _f(False, "run the predictor once per image with every target block's mask tokens "
                                     "(block-masked attention; context tokens do not see mask tokens) instead of "
                                     "once per target block as the reference: fewer predictor tokens")
+    init_std: float = _f(0.02, "std of the encoder's truncated-normal weight init (the reference's 0.02; each "
+                               "block's output projections are then scaled by 1/sqrt(2·layer) as the reference)")
     drop_path: float = _f(0.0, "stochastic depth rate of the context encoder (linear over blocks)")
     use_bfloat16: bool = _f(True, "bf16 autocast where the device supports it (CUDA with bf16, CPUs with "
                                   "avx512_bf16/AMX); fp32 elsewhere")
@@ -58,7 +60,7 @@ class MetaConfig:
         if self.model_name not in ENCODER_NAMES:
             raise ConfigError(f"meta.model_name: unknown encoder '{self.model_name}' "
                               f"(choose from {', '.join(ENCODER_NAMES)})")
-        _positive("meta", self, "enc_depth", "pred_depth", "pred_emb_dim", "pred_num_heads", "threads")
+        _positive("meta", self, "enc_depth", "pred_depth", "pred_emb_dim", "pred_num_heads", "threads", "init_std")
         _in_range("meta.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
         if self.device != "auto" and not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"meta.device: '{self.device}' is not auto, cpu, cuda or cuda:N")
@@ -163,9 +165,14 @@ class LossConfig:
                 "from the targets, 'standardize' also divides by its std, so the part of a target that depends on "
                 "position only (which the predictor can read off the mask token's position) leaves the loss; "
                 "'none' = the paper's targets. Statistics are per process under DDP")
+    sigreg_weight: float = _f(0.0, "ours: weight of LeJEPA's SIGReg (distance of the batch's pooled context features "
+                                   "from an isotropic Gaussian, on random 1-D projections); an alternative to the "
+                                   "VICReg terms; 0 = off")
+    sigreg_slices: int = _f(256, "random directions per step for SIGReg")
 
     def check(self) -> None:
-        for key in ("var_weight", "cov_weight"):
+        _positive("loss", self, "sigreg_slices")
+        for key in ("var_weight", "cov_weight", "sigreg_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0")
 

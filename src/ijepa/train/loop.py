@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 
 from .. import __version__
-from ..config import Config, save_config
+from ..config import Config, LossConfig, save_config
 from ..device import bf16_supported, resolve_device
 from ..masks import MaskConfig, MultiBlockMaskSampler
 from ..models import apply_masks, build_encoder, build_predictor
@@ -64,12 +64,31 @@ def normalize_targets(h: torch.Tensor, batch_norm: str = "none") -> torch.Tensor
     return h
 
 
+def sigreg(z: torch.Tensor, num_slices: int = 256, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+    """SIGReg (LeJEPA, Balestriero & LeCun 2025): how far features z (B, D) are from an isotropic standard Gaussian.
+    z is projected on ``num_slices`` random unit directions; on each, the Epps-Pulley statistic compares the
+    empirical characteristic function with exp(-t^2/2) over t in [-t_max, t_max] (Gaussian-weighted, trapezoid
+    rule), scaled by B as a test statistic; the result is the mean over directions."""
+    z = z.float()
+    dirs = torch.randn(z.shape[1], num_slices, device=z.device)
+    s = z @ (dirs / dirs.norm(dim=0, keepdim=True))                     # (B, M)
+    t = torch.linspace(0.0, t_max, knots, device=z.device)              # the integrand is even in t
+    ts = s.unsqueeze(-1) * t                                            # (B, M, T)
+    gauss = torch.exp(-0.5 * t * t)
+    err = (torch.cos(ts).mean(0) - gauss).square() + torch.sin(ts).mean(0).square()  # (M, T)
+    w = torch.full_like(t, t_max / (knots - 1))
+    w[0] = w[-1] = w[0] / 2
+    return z.shape[0] * 2.0 * (err * gauss * w).sum(-1).mean()
+
+
 def jepa_loss(encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module, images: torch.Tensor,
               masks_enc: list[torch.Tensor], masks_pred: list[torch.Tensor],
-              var_weight: float = 0.0, cov_weight: float = 0.0, target_batch_norm: str = "none") -> torch.Tensor:
+              reg: LossConfig | None = None) -> torch.Tensor:
+    """The paper's loss (``reg`` None or all zero), plus the optional terms of ``reg`` (ours, see LossConfig)."""
+    reg = reg or LossConfig()
     B = images.shape[0]
     with torch.no_grad(), record_function("target_forward"):
-        h = normalize_targets(target_encoder(images), target_batch_norm)
+        h = normalize_targets(target_encoder(images), reg.target_batch_norm)
         h = apply_masks(h, masks_pred)  # (npred·B, K, D)
         if len(masks_enc) > 1:  # one copy per context mask, in the predictor's output order
             h = h.view(len(masks_pred), 1, B, *h.shape[1:]).expand(-1, len(masks_enc), -1, -1, -1)
@@ -78,9 +97,11 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Modul
         z = encoder(images, masks_enc)
     with record_function("predictor_forward"):
         loss = F.smooth_l1_loss(predictor(z, masks_enc, masks_pred).float(), h.float())
-        if var_weight or cov_weight:  # optional anti-collapse term (not the paper's): see LossConfig
+        if reg.var_weight or reg.cov_weight:
             var, cov = vicreg_terms(z.mean(dim=1))
-            loss = loss + var_weight * var + cov_weight * cov
+            loss = loss + reg.var_weight * var + reg.cov_weight * cov
+        if reg.sigreg_weight:
+            loss = loss + reg.sigreg_weight * sigreg(z.mean(dim=1), reg.sigreg_slices)
     return loss
 
 
@@ -94,9 +115,7 @@ class TrainState:
     device: torch.device
     bf16: bool
     clip_grad: float | None = None
-    var_weight: float = 0.0
-    cov_weight: float = 0.0
-    target_batch_norm: str = "none"
+    loss: LossConfig = field(default_factory=LossConfig)
     ema_pairs: tuple[list, list] = field(default_factory=lambda: ([], []))
 
 
@@ -108,8 +127,7 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
         if group["apply_wd"]:
             group["weight_decay"] = wd
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
-        loss = jepa_loss(s.encoder, s.predictor, s.target_encoder, images, masks_enc, masks_pred,
-                         s.var_weight, s.cov_weight, s.target_batch_norm)
+        loss = jepa_loss(s.encoder, s.predictor, s.target_encoder, images, masks_enc, masks_pred, s.loss)
     s.optimizer.zero_grad(set_to_none=True)
     with record_function("backward"):
         loss.backward()
@@ -129,7 +147,8 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
 def build_models(cfg: Config, input_spec: dict) -> tuple[nn.Module, nn.Module, nn.Module]:
     enc_kw = {"depth": cfg.meta.enc_depth} if cfg.meta.enc_depth else {}
     encoder = build_encoder(cfg.meta.model_name, patch_size=cfg.mask.patch_size, img_size=cfg.data.crop_size,
-                            in_chans=cfg.data.in_chans, drop_path_rate=cfg.meta.drop_path, **enc_kw)
+                            in_chans=cfg.data.in_chans, drop_path_rate=cfg.meta.drop_path,
+                            init_std=cfg.meta.init_std, **enc_kw)
     encoder.input_spec = dict(input_spec)
     predictor = build_predictor(encoder, predictor_embed_dim=cfg.meta.pred_emb_dim, depth=cfg.meta.pred_depth,
                                 num_heads=cfg.meta.pred_num_heads, one_pass=cfg.meta.pred_one_pass)
@@ -265,8 +284,8 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     if cfg.meta.compile:
         fwd_encoder, fwd_predictor, fwd_target = (torch.compile(m) for m in (fwd_encoder, fwd_predictor, target))
     state = TrainState(fwd_encoder, fwd_predictor, fwd_target, optimizer, schedules, device, bf16,
-                       cfg.optimization.clip_grad, cfg.loss.var_weight, cfg.loss.cov_weight,
-                       cfg.loss.target_batch_norm, (list(target.parameters()), list(raw_encoder.parameters())))
+                       cfg.optimization.clip_grad, cfg.loss,
+                       (list(target.parameters()), list(raw_encoder.parameters())))
 
     # -- logging (rank 0 writes; every rank computes)
     log_csv = mon_csv = tb = None
