@@ -97,11 +97,12 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Modul
         z = encoder(images, masks_enc)
     with record_function("predictor_forward"):
         loss = F.smooth_l1_loss(predictor(z, masks_enc, masks_pred).float(), h.float())
-        if reg.var_weight or reg.cov_weight:
-            var, cov = vicreg_terms(z.mean(dim=1))
-            loss = loss + reg.var_weight * var + reg.cov_weight * cov
-        if reg.sigreg_weight:
-            loss = loss + reg.sigreg_weight * sigreg(z.mean(dim=1), reg.sigreg_slices)
+    pooled = z.mean(dim=1).float()
+    if reg.var_weight or reg.cov_weight:
+        var, cov = vicreg_terms(pooled)
+        loss = loss + reg.var_weight * var + reg.cov_weight * cov
+    if reg.sigreg_weight:
+        loss = loss + reg.sigreg_weight * sigreg(pooled, reg.sigreg_slices)
     return loss
 
 
