@@ -8,7 +8,8 @@ import torch
 from ijepa.cli import main
 
 TINY = ["data.limit=256", "data.batch_size=32", "meta.model_name=vit_tiny", "meta.enc_depth=1", "meta.pred_depth=1",
-        "meta.pred_emb_dim=48", "optimization.epochs=1", "optimization.warmup=0.2", "logging.progress=false", "meta.use_bfloat16=false"]
+        "meta.pred_emb_dim=48", "optimization.epochs=1", "optimization.warmup=0.2", "logging.progress=false",
+        "meta.use_bfloat16=false"]
 
 
 def test_help_explains_every_command(capsys):
