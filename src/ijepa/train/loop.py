@@ -97,7 +97,7 @@ def jepa_loss(encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Modul
         z = encoder(images, masks_enc)
     with record_function("predictor_forward"):
         loss = F.smooth_l1_loss(predictor(z, masks_enc, masks_pred).float(), h.float())
-    pooled = z.mean(dim=1).float()
+    pooled = z.mean(dim=1).float() if (reg.var_weight or reg.cov_weight or reg.sigreg_weight) else None
     if reg.var_weight or reg.cov_weight:
         var, cov = vicreg_terms(pooled)
         loss = loss + reg.var_weight * var + reg.cov_weight * cov
