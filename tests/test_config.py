@@ -6,6 +6,7 @@ import yaml
 
 from ijepa.config import (
     ENCODER_NAMES,
+    ENCODER_WIDTH_HEADS,
     Config,
     ConfigError,
     available_configs,
@@ -36,6 +37,9 @@ def test_default_config_is_the_cpu_recipe():
     ("optimization.warmup=100", "optimization.warmup (100.0) is longer than the run"),
     ("data.mean=[0.5,0.5]", "data.mean has 2 values but data.in_chans is 1"),
     ("meta.init_std=0", "meta.init_std must be > 0"),
+    ("meta.enc_embed_dim=0", "meta.enc_embed_dim must be > 0"),
+    ("meta.enc_embed_dim=500", "meta.enc_embed_dim: width 500 does not divide into 6 heads"),
+    ("meta.enc_mlp_ratio=-1", "meta.enc_mlp_ratio must be > 0"),
 ])
 def test_bad_configs_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
@@ -95,6 +99,7 @@ def test_every_key_is_documented():
 
 def test_encoder_names_match_the_model_registry():
     assert set(ENCODER_NAMES) == set(VIT_SIZES)
+    assert ENCODER_WIDTH_HEADS == {k: (v[0], v[2]) for k, v in VIT_SIZES.items()}
 
 
 def test_resolved_config_round_trips(tmp_path):
@@ -128,3 +133,21 @@ def test_init_std_sets_the_encoders_init_only():
         assert torch.equal(enc.blocks[0].mlp.fc1.weight, tgt.blocks[0].mlp.fc1.weight)
     assert abs(stds[0.02][0] - 0.02) < 0.002 and abs(stds[0.1][0] - 0.1) < 0.01
     assert stds[0.02][1] == pytest.approx(stds[0.1][1])  # the predictor keeps the reference's init
+
+
+def test_encoder_shape_keys_override_the_size_and_survive_a_checkpoint(tmp_path):
+    from ijepa import load
+    from ijepa.train.checkpoint import save_checkpoint
+    from ijepa.train.loop import build_models
+    spec = {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)}
+    cfg = load_config(None, ["meta.model_name=vit_small", "meta.enc_depth=2", "meta.enc_embed_dim=512",
+                             "meta.enc_num_heads=8", "meta.enc_mlp_ratio=2"])
+    enc, pred, tgt = build_models(cfg, spec)
+    assert (enc.embed_dim, enc.depth, enc.num_heads, enc.blocks[0].mlp.fc1.out_features) == (512, 2, 8, 1024)
+    assert pred.predictor_embed.in_features == 512
+    save_checkpoint({"target_encoder": tgt.state_dict(), "arch": {"encoder": tgt.arch_dict()},
+                     "input_spec": spec}, tmp_path / "c.pth.tar")
+    back = load(tmp_path / "c.pth.tar")
+    assert (back.embed_dim, back.depth, back.num_heads, back.mlp_ratio) == (512, 2, 8, 2.0)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(back.eval()(x), tgt.eval()(x))

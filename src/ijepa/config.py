@@ -18,7 +18,11 @@ from typing import Any, Literal
 
 import yaml
 
-ENCODER_NAMES = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "vit_gigantic")
+# (width, heads) of each encoder size: models/vit.py's VIT_SIZES, repeated so this module stays torch-free
+# (tests/test_config.py checks they agree)
+ENCODER_WIDTH_HEADS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12), "vit_large": (1024, 16),
+                       "vit_huge": (1280, 16), "vit_giant": (1408, 16), "vit_gigantic": (1664, 16)}
+ENCODER_NAMES = tuple(ENCODER_WIDTH_HEADS)
 DEFAULT_CONFIG = "fmnist_cpu"
 
 
@@ -36,6 +40,10 @@ def _f(default: Any, help: str, **kw) -> Any:
 class MetaConfig:
     model_name: str = _f("vit_base", "encoder size: " + ", ".join(ENCODER_NAMES))
     enc_depth: int | None = _f(None, "override the size's number of blocks (null: the size's own)")
+    enc_embed_dim: int | None = _f(None, "override the size's width (null: the size's own; must divide by the "
+                                         "number of heads)")
+    enc_num_heads: int | None = _f(None, "override the size's attention heads (null: the size's own)")
+    enc_mlp_ratio: float | None = _f(None, "override the size's MLP hidden width / width (null: the size's own, 4)")
     pred_depth: int = _f(12, "predictor blocks")
     pred_emb_dim: int = _f(384, "predictor width")
     pred_num_heads: int | None = _f(None, "predictor attention heads (null: the encoder's, as the reference)")
@@ -60,8 +68,13 @@ class MetaConfig:
         if self.model_name not in ENCODER_NAMES:
             raise ConfigError(f"meta.model_name: unknown encoder '{self.model_name}' "
                               f"(choose from {', '.join(ENCODER_NAMES)})")
-        _positive("meta", self, "enc_depth", "pred_depth", "pred_emb_dim", "pred_num_heads", "threads", "init_std")
+        _positive("meta", self, "enc_depth", "enc_embed_dim", "enc_num_heads", "enc_mlp_ratio", "pred_depth", "pred_emb_dim", "pred_num_heads", "threads", "init_std")
         _in_range("meta.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
+        dim, heads = ENCODER_WIDTH_HEADS[self.model_name]
+        dim, heads = self.enc_embed_dim or dim, self.enc_num_heads or heads
+        if dim % heads:
+            raise ConfigError(f"meta.enc_embed_dim: width {dim} does not divide into {heads} heads "
+                              "(set meta.enc_num_heads too)")
         if self.device != "auto" and not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"meta.device: '{self.device}' is not auto, cpu, cuda or cuda:N")
 

@@ -146,7 +146,10 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
 
 
 def build_models(cfg: Config, input_spec: dict) -> tuple[nn.Module, nn.Module, nn.Module]:
-    enc_kw = {"depth": cfg.meta.enc_depth} if cfg.meta.enc_depth else {}
+    m = cfg.meta  # the size's own shape unless a meta.enc_* key overrides it
+    overrides = {"depth": m.enc_depth, "embed_dim": m.enc_embed_dim, "num_heads": m.enc_num_heads,
+                 "mlp_ratio": m.enc_mlp_ratio}
+    enc_kw = {k: v for k, v in overrides.items() if v is not None}
     encoder = build_encoder(cfg.meta.model_name, patch_size=cfg.mask.patch_size, img_size=cfg.data.crop_size,
                             in_chans=cfg.data.in_chans, drop_path_rate=cfg.meta.drop_path,
                             init_std=cfg.meta.init_std, **enc_kw)
