@@ -75,6 +75,10 @@ class MetaConfig:
         if dim % heads:
             raise ConfigError(f"meta.enc_embed_dim: width {dim} does not divide into {heads} heads "
                               "(set meta.enc_num_heads too)")
+        pred_heads = self.pred_num_heads or heads
+        if self.pred_emb_dim % pred_heads:
+            raise ConfigError(f"meta.pred_emb_dim: width {self.pred_emb_dim} does not divide into {pred_heads} heads "
+                              "(set meta.pred_num_heads)")
         if self.device != "auto" and not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"meta.device: '{self.device}' is not auto, cpu, cuda or cuda:N")
 
