@@ -68,7 +68,8 @@ class MetaConfig:
         if self.model_name not in ENCODER_NAMES:
             raise ConfigError(f"meta.model_name: unknown encoder '{self.model_name}' "
                               f"(choose from {', '.join(ENCODER_NAMES)})")
-        _positive("meta", self, "enc_depth", "enc_embed_dim", "enc_num_heads", "enc_mlp_ratio", "pred_depth", "pred_emb_dim", "pred_num_heads", "threads", "init_std")
+        _positive("meta", self, "enc_depth", "enc_embed_dim", "enc_num_heads", "enc_mlp_ratio", "pred_depth",
+                  "pred_emb_dim", "pred_num_heads", "threads", "init_std")
         _in_range("meta.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
         dim, heads = ENCODER_WIDTH_HEADS[self.model_name]
         dim, heads = self.enc_embed_dim or dim, self.enc_num_heads or heads
