@@ -39,6 +39,7 @@ def test_default_config_is_the_cpu_recipe():
     ("meta.init_std=0", "meta.init_std must be > 0"),
     ("meta.enc_embed_dim=0", "meta.enc_embed_dim must be > 0"),
     ("meta.enc_embed_dim=500", "meta.enc_embed_dim: width 500 does not divide into 6 heads"),
+    ("meta.enc_num_heads=7", "meta.enc_num_heads: width 384 does not divide into 7 heads"),
     ("meta.pred_num_heads=5", "meta.pred_emb_dim: width 96 does not divide into 5 heads"),
     ("meta.enc_mlp_ratio=-1", "meta.enc_mlp_ratio must be > 0"),
 ])

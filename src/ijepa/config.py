@@ -73,9 +73,9 @@ class MetaConfig:
         _in_range("meta.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
         dim, heads = ENCODER_WIDTH_HEADS[self.model_name]
         dim, heads = self.enc_embed_dim or dim, self.enc_num_heads or heads
-        if dim % heads:
-            raise ConfigError(f"meta.enc_embed_dim: width {dim} does not divide into {heads} heads "
-                              "(set meta.enc_num_heads too)")
+        if dim % heads:  # name the key the user set: heads alone, or the width
+            key = "enc_num_heads" if self.enc_embed_dim is None else "enc_embed_dim"
+            raise ConfigError(f"meta.{key}: width {dim} does not divide into {heads} heads")
         pred_heads = self.pred_num_heads or heads
         if self.pred_emb_dim % pred_heads:
             raise ConfigError(f"meta.pred_emb_dim: width {self.pred_emb_dim} does not divide into {pred_heads} heads "
