@@ -149,13 +149,12 @@ def build_models(cfg: Config, input_spec: dict) -> tuple[nn.Module, nn.Module, n
     m = cfg.meta  # the size's own shape unless a meta.enc_* key overrides it
     overrides = {"depth": m.enc_depth, "embed_dim": m.enc_embed_dim, "num_heads": m.enc_num_heads,
                  "mlp_ratio": m.enc_mlp_ratio}
-    enc_kw = {k: v for k, v in overrides.items() if v is not None}
-    encoder = build_encoder(cfg.meta.model_name, patch_size=cfg.mask.patch_size, img_size=cfg.data.crop_size,
-                            in_chans=cfg.data.in_chans, drop_path_rate=cfg.meta.drop_path,
-                            init_std=cfg.meta.init_std, **enc_kw)
+    encoder = build_encoder(m.model_name, patch_size=cfg.mask.patch_size, img_size=cfg.data.crop_size,
+                            in_chans=cfg.data.in_chans, drop_path_rate=m.drop_path, init_std=m.init_std,
+                            **{k: v for k, v in overrides.items() if v is not None})
     encoder.input_spec = dict(input_spec)
-    predictor = build_predictor(encoder, predictor_embed_dim=cfg.meta.pred_emb_dim, depth=cfg.meta.pred_depth,
-                                num_heads=cfg.meta.pred_num_heads, one_pass=cfg.meta.pred_one_pass)
+    predictor = build_predictor(encoder, predictor_embed_dim=m.pred_emb_dim, depth=m.pred_depth,
+                                num_heads=m.pred_num_heads, one_pass=m.pred_one_pass)
     target = copy.deepcopy(encoder)
     for p in target.parameters():
         p.requires_grad_(False)
