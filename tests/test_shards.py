@@ -268,3 +268,15 @@ def test_deterministic_refuses_to_clobber_and_overwrites_cleanly(src, shards, tm
     assert main([str(src), str(tmp_path / "again"), "--max-count", "20", "--overwrite"]) == 0
     assert "31 images in 2 shards" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "again").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+
+
+def test_limit_keeps_the_first_samples_in_index_order(shards) -> None:
+    everything = _identities(_items(ShardDataset(shards, shuffle=False)))
+    first = _identities(_items(ShardDataset(shards, shuffle=False, limit=11)))  # 8 from shard 0, 3 from shard 1
+    assert first == everything[:11]
+    shuffled = ShardDataset(shards, shuffle_buffer=4, limit=11)
+    assert len(shuffled) == 11
+    assert sorted(_identities(_items(shuffled)), key=str) == sorted(everything[:11], key=str)
+    assert len(ShardDataset(shards, limit=10_000)) == N  # a limit above the total keeps everything
+    with pytest.raises(ValueError, match="limit"):
+        ShardDataset(shards, limit=0)

@@ -37,7 +37,7 @@ import tarfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -483,6 +483,17 @@ class _WindowShuffle:
         return self.buffer.pop()
 
 
+def _first_samples(shards: list[ShardInfo], n: int) -> list[ShardInfo]:
+    """The shards that hold the first ``n`` samples in index order, the last one cut short (``limit``)."""
+    out = []
+    for s in shards:
+        if n <= 0:
+            break
+        out.append(s if s.count <= n else replace(s, count=n))
+        n -= s.count
+    return out
+
+
 class _Record(NamedTuple):
     pos: int  # position in this worker's range
     where: str  # "shard.tar:KEY", for warnings
@@ -495,8 +506,9 @@ class ShardDataset(IterableDataset):
 
     ``shards_dir_or_glob``: a folder written by :func:`write_shards` (or indexed by :func:`write_index`), its
     ``index.json``, or a glob selecting some of its shards. Images are decoded into PIL mode ``mode`` and passed
-    through ``transform``; the label is the ``.cls`` value, or -1 when a sample has none. A sample that cannot be
-    decoded is yielded as ``None`` (warned about once per process, naming ``shard:KEY``) so
+    through ``transform``; the label is the ``.cls`` value, or -1 when a sample has none. ``limit`` keeps only
+    the first ``limit`` samples in index order (shards in index order, samples in tar order; ``data.limit``).
+    A sample that cannot be decoded is yielded as ``None`` (warned about once per process, naming ``shard:KEY``) so
     :func:`~ijepa.data.datasets.collate_skip_corrupt` counts it. A truncated or unreadable shard is not fatal:
     its samples that cannot be read are yielded as ``None`` too, with one :class:`ShardReadWarning` — so the
     number of items per epoch never changes, which keeps DDP ranks in step.
@@ -525,7 +537,8 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, shards_dir_or_glob: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
                  *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
-                 shuffle: bool = True, batch_size: int | None = None, mode: str = "RGB") -> None:
+                 shuffle: bool = True, batch_size: int | None = None, mode: str = "RGB",
+                 limit: int | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got world_size={world_size}, "
                              f"rank={rank}")
@@ -533,7 +546,11 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
         self.index, self.shards, self.classes = read_index(shards_dir_or_glob)
+        if limit is not None:
+            self.shards = _first_samples(self.shards, limit)
         self.root = self.shards[0].path.parent
         self.num_samples = sum(s.count for s in self.shards)
         self.labelled = bool(self.index.get("labelled"))

@@ -200,7 +200,7 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
     eval_tf = make_eval_transform(cfg.crop_size, mean, std, in_chans=cfg.in_chans)
     if cfg.dataset == "shards":
         dataset = ShardDataset(root, transform, rank=dist.rank, world_size=dist.world_size, seed=seed,
-                               mode="RGB" if cfg.in_chans == 3 else "L")
+                               mode="RGB" if cfg.in_chans == 3 else "L", limit=cfg.limit)
         eval_ds = ShardDataset(root, eval_tf, shuffle=False, mode="RGB" if cfg.in_chans == 3 else "L")
         return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
     if cfg.dataset == "imagefolder":
