@@ -277,3 +277,17 @@ def test_sigreg_measures_distance_from_an_isotropic_gaussian_and_its_gradient_cl
     assert sigreg(z, num_slices=512).item() < before / 50 and 0.9 < z.std().item() < 1.1
     with pytest.raises(Exception, match="loss.sigreg_weight must be >= 0"):
         cfg_with("loss.sigreg_weight=-1")
+
+
+def test_tensorboard_events_carry_the_logged_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(cfg_with("optimization.max_steps=6", "logging.tensorboard=true", "logging.monitor_freq=3"), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "monitor/rankme", "monitor/knn"} <= tags
+    logged = read_losses(tmp_path)
+    board = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert sorted(board) == sorted(logged)
+    assert all(board[s] == pytest.approx(logged[s], rel=1e-5) for s in logged)
