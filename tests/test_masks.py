@@ -252,6 +252,18 @@ def test_counts_shapes_ids_and_disjointness(mode, grid):
 
 
 @pytest.mark.parametrize("mode", ["default", "reference"])
+def test_all_context_masks_of_a_batch_share_one_length(mode):
+    # the encoder stacks the context masks along the batch, so two masks of different lengths cannot run
+    sampler = MultiBlockMaskSampler(14, MaskConfig(mode=mode, num_enc_masks=2))
+    lengths = set()
+    for seed in range(20):
+        enc, _ = sampler(32, gen(seed))
+        assert enc[0].shape == enc[1].shape
+        lengths.add(enc[0].shape[1])
+    assert len(lengths) > 1  # a real draw per batch, not a constant
+
+
+@pytest.mark.parametrize("mode", ["default", "reference"])
 def test_allow_overlap_keeps_target_patches_in_context(mode):
     cfg = MaskConfig(mode=mode, allow_overlap=True)
     (enc,), pred = MultiBlockMaskSampler(16, cfg)(16, gen(0))

@@ -291,3 +291,11 @@ def test_tensorboard_events_carry_the_logged_scalars(tmp_path):
     board = {e.step: e.value for e in events.Scalars("train/loss")}
     assert sorted(board) == sorted(logged)
     assert all(board[s] == pytest.approx(logged[s], rel=1e-5) for s in logged)
+
+
+def test_two_context_masks_train(tmp_path):
+    # each target is predicted from each context (2 x 4 pairs per image); 32 steps draw batches whose two
+    # context masks would differ in length without the shared cut (about one batch in five on this 7x7 grid)
+    summary = train(cfg_with("optimization.max_steps=32", "mask.num_enc_masks=2"), tmp_path)
+    assert summary["steps"] == 32
+    assert all(torch.isfinite(torch.tensor(v)) for v in read_losses(tmp_path).values())

@@ -306,8 +306,10 @@ class MultiBlockMaskSampler:
         # The per-patch work runs on slices of the batch small enough for torch to keep each op on one thread
         # (see the note on packed rows): a few slices at the recipe's sizes, each vectorised.
         step = max(1, _SERIAL_NUMEL // self.num_patches)
+        # One length for every context mask of the batch, as the reference: the encoder stacks the context
+        # masks along the batch, so they must agree across masks as well as across images.
+        length = int(keep.min())
         for e in range(nenc):
-            length = int(keep[:, e].min())
             exact = bool((keep[:, e] == length).all())
             parts = []
             for start in range(0, batch_size, step):
