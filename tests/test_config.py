@@ -38,8 +38,8 @@ def test_default_config_is_the_cpu_recipe():
     ("data.mean=[0.5,0.5]", "data.mean has 2 values but data.in_chans is 1"),
     ("meta.init_std=0", "meta.init_std must be > 0"),
     ("meta.enc_embed_dim=0", "meta.enc_embed_dim must be > 0"),
-    ("meta.enc_embed_dim=500", "meta.enc_embed_dim: width 500 does not divide into 6 heads"),
-    ("meta.enc_num_heads=7", "meta.enc_num_heads: width 384 does not divide into 7 heads"),
+    ("meta.enc_embed_dim=500", "meta.enc_embed_dim: width 500 does not divide into 12 heads"),
+    ("meta.enc_num_heads=7", "meta.enc_num_heads: width 768 does not divide into 7 heads"),
     ("meta.pred_num_heads=5", "meta.pred_emb_dim: width 96 does not divide into 5 heads"),
     ("meta.enc_mlp_ratio=-1", "meta.enc_mlp_ratio must be > 0"),
 ])
