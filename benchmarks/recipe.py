@@ -19,6 +19,7 @@ import torch
 from ijepa.config import load_config
 from ijepa.eval.extract import extract_features
 from ijepa.eval.linear import fmnist_probe
+from ijepa.models.vit import CPU_CHUNK_TOKENS
 from ijepa.train.loop import build_models, train
 from ijepa.train.monitor import rankme
 
@@ -50,6 +51,7 @@ def main() -> None:
     enc, _, tgt = build_models(cfg, ckpt["input_spec"])
     tgt.load_state_dict(ckpt["target_encoder"])
     enc.load_state_dict(ckpt["encoder"])
+    enc.cpu_chunk_tokens = tgt.cpu_chunk_tokens = CPU_CHUNK_TOKENS  # extraction's default, not training's
     t1 = time.perf_counter()
     tgt_acc, tgt_rank = probe(tgt)
     ctx_acc, _ = probe(enc)

@@ -37,6 +37,7 @@ def test_default_config_is_the_cpu_recipe():
     ("optimization.warmup=100", "optimization.warmup (100.0) is longer than the run"),
     ("data.mean=[0.5,0.5]", "data.mean has 2 values but data.in_chans is 1"),
     ("meta.init_std=0", "meta.init_std must be > 0"),
+    ("meta.cpu_chunk_tokens=-1", "meta.cpu_chunk_tokens must be >= 0"),
     ("meta.enc_embed_dim=0", "meta.enc_embed_dim must be > 0"),
     ("meta.enc_embed_dim=500", "meta.enc_embed_dim: width 500 does not divide into 12 heads"),
     ("meta.enc_num_heads=7", "meta.enc_num_heads: width 768 does not divide into 7 heads"),

@@ -111,6 +111,31 @@ def test_masked_forward_gathers_before_the_blocks():
     assert enc(x, [ids, ids]).shape == (6, 20, 192)
 
 
+def test_cpu_chunks_give_the_same_tokens_layers_and_gradients():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=2)
+    x = torch.randn(10, 3, 28, 28)
+    ids = torch.stack([torch.randperm(49)[:20].sort().values for _ in range(10)])
+    calls = []
+    enc.blocks[0].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+
+    def run(chunk_tokens):
+        enc.cpu_chunk_tokens = chunk_tokens
+        enc.zero_grad(set_to_none=True)
+        calls.clear()
+        out = enc(x, [ids, ids])  # 20 rows of 20 tokens
+        out.square().mean().backward()
+        grads = [p.grad.clone() for p in enc.parameters() if p.requires_grad]
+        return out.detach(), grads, list(calls), enc.get_intermediate_layers(x, n=2)
+
+    whole, g_whole, c_whole, l_whole = run(0)
+    sliced, g_sliced, c_sliced, l_sliced = run(60)
+    assert c_whole == [20] and c_sliced == [3] * 6 + [2]  # 60 tokens: 3 rows of 20
+    assert torch.allclose(sliced, whole, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_sliced, g_whole))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(l_sliced, l_whole))
+
+
 def test_position_embeddings_resample_to_any_grid():
     enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=1).eval()
     assert enc(torch.randn(1, 3, 28, 36)).shape == (1, 7 * 9, 192)

@@ -63,6 +63,11 @@ class MetaConfig:
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     grad_checkpointing: bool = _f(False, "activation checkpointing in the context encoder (huge/gigantic)")
     threads: int | None = _f(None, "CPU threads for torch (null: torch's default)")
+    cpu_chunk_tokens: int = _f(0, "on the CPU, run the encoders' blocks on slices of the batch of about this "
+                                  "many tokens during training (0: the whole batch). The same result; the CPU "
+                                  "default's step gains nothing from it (0.98x, benchmarks/train_step.py), "
+                                  "unlike feature extraction (1.6x), where encoders slice at 1536 tokens "
+                                  "by default (benchmarks/cpu_chunks.py)")
 
     def check(self) -> None:
         if self.model_name not in ENCODER_NAMES:
@@ -71,6 +76,8 @@ class MetaConfig:
         _positive("meta", self, "enc_depth", "enc_embed_dim", "enc_num_heads", "enc_mlp_ratio", "pred_depth",
                   "pred_emb_dim", "pred_num_heads", "threads", "init_std")
         _in_range("meta.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
+        if self.cpu_chunk_tokens < 0:
+            raise ConfigError(f"meta.cpu_chunk_tokens must be >= 0 (0: no slicing), got {self.cpu_chunk_tokens}")
         dim, heads = ENCODER_WIDTH_HEADS[self.model_name]
         dim, heads = self.enc_embed_dim or dim, self.enc_num_heads or heads
         if dim % heads:  # name the key the user set: heads alone, or the width

@@ -155,6 +155,7 @@ def build_models(cfg: Config, input_spec: dict) -> tuple[nn.Module, nn.Module, n
     encoder.input_spec = dict(input_spec)
     predictor = build_predictor(encoder, predictor_embed_dim=m.pred_emb_dim, depth=m.pred_depth,
                                 num_heads=m.pred_num_heads, one_pass=m.pred_one_pass)
+    encoder.cpu_chunk_tokens = m.cpu_chunk_tokens  # training's setting (models built elsewhere keep their own)
     target = copy.deepcopy(encoder)
     for p in target.parameters():
         p.requires_grad_(False)
