@@ -260,6 +260,28 @@ def test_online_knn_runs_at_epoch_ends_only(tmp_path):
     assert [s for s, r in mon.items() if r["knn"]] == [16, 20]
 
 
+def test_monitor_checks_slice_the_batch_and_leave_the_training_setting_alone():
+    from ijepa.models.vit import CPU_CHUNK_TOKENS, build_encoder
+    from ijepa.train import monitor
+
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=32, in_chans=1, depth=2).train()
+    enc.cpu_chunk_tokens = 0  # what training sets
+    seen = []
+    enc.register_forward_pre_hook(lambda m, args: seen.append((m.training, m.cpu_chunk_tokens)))
+    x, y = torch.randn(96, 1, 32, 32), torch.arange(96) % 4
+    stats = monitor.collapse_stats(enc, x)
+    acc = monitor.online_knn(enc, x, y, x[:24], y[:24], batch_size=48)
+    assert seen and all(s == (False, CPU_CHUNK_TOKENS) for s in seen)  # eval mode, sliced, for every pass
+    assert enc.training and enc.cpu_chunk_tokens == 0  # and both restored afterwards
+    with torch.no_grad():  # slicing changes no feature, so the stats are those of one whole-batch pass
+        enc.eval()
+        whole = enc(x).mean(1)
+    assert stats["rankme"] == pytest.approx(monitor.rankme(whole), rel=1e-5)
+    assert stats["target_std"] == pytest.approx(monitor.feature_std(whole), rel=1e-5)
+    assert 0.0 <= acc <= 1.0
+
+
 def test_sigreg_measures_distance_from_an_isotropic_gaussian_and_its_gradient_closes_it():
     from ijepa.train.loop import sigreg
 

@@ -7,7 +7,30 @@ the std of features across the batch falling toward 0 says the same more crudely
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+
+from ..models.vit import CPU_CHUNK_TOKENS
+
+
+@contextmanager
+def forward_only(model: torch.nn.Module):
+    """Eval mode, and batch slicing on the CPU, for the duration of a no-grad check.
+
+    The training step leaves slicing off (meta.cpu_chunk_tokens=0: the step gains nothing), but these checks
+    are forward passes over hundreds of images, where slices of ~CPU_CHUNK_TOKENS tokens run 1.6-2x faster
+    with the same features (benchmarks/cpu_chunks.py); a non-zero training setting is kept as it is."""
+    was_training, chunk = model.training, getattr(model, "cpu_chunk_tokens", None)
+    model.eval()
+    if chunk == 0:
+        model.cpu_chunk_tokens = CPU_CHUNK_TOKENS
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        if chunk is not None:
+            model.cpu_chunk_tokens = chunk
 
 
 def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
@@ -26,10 +49,8 @@ def feature_std(features: torch.Tensor) -> float:
 @torch.no_grad()
 def collapse_stats(target_encoder: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Pooled target-encoder features of a fixed batch -> {'target_std', 'rankme'}."""
-    was_training = target_encoder.training
-    target_encoder.eval()
-    feats = target_encoder(images).mean(dim=1)
-    target_encoder.train(was_training)
+    with forward_only(target_encoder):
+        feats = target_encoder(images).mean(dim=1)
     return {"target_std": feature_std(feats), "rankme": rankme(feats)}
 
 
@@ -39,11 +60,9 @@ def online_knn(target_encoder: torch.nn.Module, bank: torch.Tensor, bank_y: torc
     """k-NN accuracy (k=20, T=0.07, cosine, as ``ijepa eval``'s knn) of bank-centred pooled target features."""
     from ..eval.knn import knn_accuracy
 
-    was_training = target_encoder.training
-    target_encoder.eval()
-    feats = [torch.cat([target_encoder(x[i:i + batch_size]).mean(1).float().cpu()
-                        for i in range(0, len(x), batch_size)]) for x in (bank, query)]
-    target_encoder.train(was_training)
+    with forward_only(target_encoder):
+        feats = [torch.cat([target_encoder(x[i:i + batch_size]).mean(1).float().cpu()
+                            for i in range(0, len(x), batch_size)]) for x in (bank, query)]
     # Early in training pooled features share one dominant direction (RankMe near 1): cosine similarity of raw
     # features then barely tells images apart, so both sets are centred on the bank's mean first.
     mean = feats[0].mean(0, keepdim=True)
