@@ -64,7 +64,7 @@ def test_train_then_eval_extract_and_convert(tmp_path, capsys):
     import ijepa
     hf = IJepaModel.from_pretrained(tmp_path / "hf").eval()
     ours = ijepa.load(str(run))
-    size = ours.input_spec["image_size"]  # the training crop (the default's 32 px), which the HF config carries
+    size = ours.input_spec["image_size"]  # the training crop (the default's 36 px), which the HF config carries
     assert hf.config.image_size == size[0]
     x = torch.randn(2, 1, *size)
     with torch.no_grad():

@@ -89,10 +89,10 @@ def _assert_drawn_equals_sampled(images, masks_enc, masks_pred, grid, patch):
 
 def test_viz_masks_draws_exactly_the_sampled_patches():
     mb = mask_batch(None, ["mask.num_pred_masks=4"], n=4, seed=3)  # the CPU default: real crops and sampler
-    assert mb.grid_size == (8, 8) and mb.images.shape == (4, 1, 32, 32)
+    assert mb.grid_size == (9, 9) and mb.images.shape == (4, 1, 36, 36)
     _assert_drawn_equals_sampled(mb.images, mb.masks_enc, mb.masks_pred, mb.grid_size, mb.patch_size)
     # and what is read back is not the sampler's answer whatever was drawn: a different mask reads differently
-    other_enc, other_pred = MultiBlockMaskSampler(8, MaskConfig(min_keep=4))(4, torch.Generator().manual_seed(9))
+    other_enc, other_pred = MultiBlockMaskSampler(9, MaskConfig(min_keep=4))(4, torch.Generator().manual_seed(9))
     rendered = render_masks(mb.images, other_enc, other_pred, mb.grid_size, mb.patch_size)
     found = drawn_patches(rendered, mb.images, mb.grid_size, mb.patch_size, len(mb.masks_pred))
     assert any(ctx != set(mb.masks_enc[0][i].tolist()) for i, (ctx, _) in enumerate(found))
