@@ -1,13 +1,48 @@
-"""Which exceptions are the user's to fix (printed as one line by the CLI) rather than bugs (full traceback)."""
+"""One family for every error a user is meant to read: the CLI prints any :class:`IJepaError` as one line
+(``ijepa: <kind>: <message>``) and needs no list of names. Modules subclass these; nothing else is caught."""
 
 from __future__ import annotations
 
-_USER_ERRORS = {
-    "CheckpointError", "NonFiniteLossError", "DatasetNotFoundError", "CheckpointMismatchError", "FormatError",
-    "ConfigError", "VizError", "ShardsNotFoundError", "InteropError", "FileNotFoundError", "NotADirectoryError",
-    "IsADirectoryError",
-}
+
+class IJepaError(Exception):
+    """Base of every error this package raises on purpose. ``kind`` is the word the CLI prints before it."""
+
+    kind = "error"
 
 
-def is_user_error(e: BaseException) -> bool:
-    return any(c.__name__ in _USER_ERRORS for c in type(e).__mro__)
+class ConfigError(IJepaError, ValueError):
+    """A configuration problem, naming the key."""
+
+    kind = "config error"
+
+
+class DataError(IJepaError, ValueError):
+    """A dataset that cannot be used: a missing path, no readable images, a bad shard."""
+
+    kind = "data error"
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    kind = "data error"
+
+
+class CheckpointError(IJepaError, ValueError):
+    """A weights file that is missing, unreadable, unsafe to unpickle or does not fit the model."""
+
+    kind = "checkpoint error"
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    pass
+
+
+class NonFiniteLossError(IJepaError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is left alone."""
+
+    kind = "training stopped"
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none): what a one-line error quotes."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
