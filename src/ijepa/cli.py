@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, ConfigError, available_configs, describe, load_config
+from .config import DEFAULT_CONFIG, available_configs, describe, load_config
+from .errors import IJepaError
 
 TRAIN_EPILOG = """\
 overrides:
@@ -301,19 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args) or 0
-    except ConfigError as e:
-        print(f"ijepa: config error: {e}", file=sys.stderr)
-        return 2
+    except IJepaError as e:  # the errors we raise on purpose: one line; anything else is a bug (traceback)
+        print(f"ijepa: {e.kind}: {' '.join(str(e).splitlines())}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("ijepa: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a clear one-line error for the errors we raise on purpose
-        from .errors import is_user_error
-        if is_user_error(e):
-            print(f"ijepa: error: {e}", file=sys.stderr)
-            return 1
-        raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

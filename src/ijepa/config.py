@@ -18,16 +18,14 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import ConfigError
+
 # (width, heads) of each encoder size: models/vit.py's VIT_SIZES, repeated so this module stays torch-free
 # (tests/test_config.py checks they agree)
 ENCODER_WIDTH_HEADS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12), "vit_large": (1024, 16),
                        "vit_huge": (1280, 16), "vit_giant": (1408, 16), "vit_gigantic": (1664, 16)}
 ENCODER_NAMES = tuple(ENCODER_WIDTH_HEADS)
 DEFAULT_CONFIG = "fmnist_cpu"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, naming the key."""
 
 
 def _f(default: Any, help: str, **kw) -> Any:

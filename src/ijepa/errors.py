@@ -5,15 +5,18 @@ from __future__ import annotations
 
 
 class IJepaError(Exception):
-    """Base of every error this package raises on purpose. ``kind`` is the word the CLI prints before it."""
+    """Base of every error this package raises on purpose. ``kind`` is the word the CLI prints before it,
+    ``exit_code`` the status it exits with."""
 
     kind = "error"
+    exit_code = 1
 
 
 class ConfigError(IJepaError, ValueError):
     """A configuration problem, naming the key."""
 
     kind = "config error"
+    exit_code = 2  # argparse's status for a bad command line: nothing was started
 
 
 class DataError(IJepaError, ValueError):
@@ -33,7 +36,15 @@ class CheckpointError(IJepaError, ValueError):
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    pass
+    """The path does not exist (also a ``FileNotFoundError``)."""
+
+
+class CheckpointReadError(CheckpointError):
+    """The file exists but cannot be read: truncated, corrupt, or not a checkpoint at all."""
+
+
+class UnsafeCheckpointError(CheckpointReadError):
+    """A pickle that holds objects other than tensors and plain containers: refused, never run."""
 
 
 class NonFiniteLossError(IJepaError, FloatingPointError):

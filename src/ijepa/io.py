@@ -20,14 +20,10 @@ from typing import IO, Any
 
 import torch
 
-from .errors import CheckpointError, CheckpointNotFoundError, first_line
+from .errors import CheckpointNotFoundError, CheckpointReadError, UnsafeCheckpointError, first_line
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
            "read_safetensors", "read_torch", "save_torch", "write_safetensors"]
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A pickle that holds objects other than tensors and plain containers: refused, never run."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -103,7 +99,7 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     load the optimizer state into memory."""
     p = _existing(path)
     if p.is_dir():
-        raise CheckpointError(f"cannot read {p}: it is a folder, not a PyTorch file")
+        raise CheckpointReadError(f"cannot read {p}: it is a folder, not a PyTorch file")
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(p))
     except pickle.UnpicklingError as e:
@@ -115,9 +111,9 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                 f"refused to unpickle {p}: it holds objects other than tensors and plain containers{what}, "
                 "and loading those would run code from the file. If you trust it, torch.load(..., "
                 "weights_only=False) it yourself and pass the state dict to ijepa.interop.load.") from None
-        raise CheckpointError(f"cannot read {p}: not a valid PyTorch checkpoint ({first_line(e)})") from None
+        raise CheckpointReadError(f"cannot read {p}: not a valid PyTorch checkpoint ({first_line(e)})") from None
     except Exception as e:  # torch raises OSError, RuntimeError, KeyError... for torn or foreign files
-        raise CheckpointError(
+        raise CheckpointReadError(
             f"cannot read {p}: the file is truncated, corrupt or not a PyTorch checkpoint ({first_line(e)})"
         ) from None
 
@@ -132,7 +128,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             meta = dict(f.metadata() or {})
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except Exception as e:  # SafetensorError for a torn header, OSError for unreadable files
-        raise CheckpointError(
+        raise CheckpointReadError(
             f"cannot read {p}: the file is truncated, corrupt or not a safetensors file ({first_line(e)})"
         ) from None
 
@@ -142,7 +138,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = json.loads(p.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {p}: {first_line(e)}") from None
+        raise CheckpointReadError(f"cannot read {p}: {first_line(e)}") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{p} does not hold a JSON object")
+        raise CheckpointReadError(f"{p} does not hold a JSON object")
     return obj

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DatasetNotFoundError
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 # Per-pixel statistics of the 60,000 training images, scaled to [0, 1].
 MEAN = (0.2860,)
@@ -26,10 +28,6 @@ _FILES = {
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    pass
 
 
 def _find(root: Path, stem: str) -> Path:

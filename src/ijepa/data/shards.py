@@ -45,6 +45,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..errors import DatasetNotFoundError
+from ..io import atomic_write_text
 from .datasets import (
     _DECODE_ERRORS,
     IMG_EXTENSIONS,
@@ -71,10 +73,9 @@ _HOW_TO_CREATE = ("create them from an image folder with `ijepa shards SRC DST` 
                   "(or ijepa.data.shards.write_shards(SRC, DST))")
 
 
-class ShardsNotFoundError(FileNotFoundError):
-    """No shards where they were expected, no index.json beside them, or a shard the index lists is gone.
-
-    A FileNotFoundError, so the CLI prints it as one line (it is the user's to fix, not a bug)."""
+class ShardsNotFoundError(DatasetNotFoundError):
+    """No shards where they were expected, no index.json beside them, or a shard the index lists is gone
+    (the user's to fix, not a bug: the CLI prints it as one line; also a ``FileNotFoundError``)."""
 
 
 class ShardReadWarning(RuntimeWarning):
@@ -160,17 +161,8 @@ def _padded(nbytes: int) -> int:
     return _BLOCK + -(-nbytes // _BLOCK) * _BLOCK
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 class _ShardWriter:

@@ -26,6 +26,12 @@ from typing import Any
 
 import torch
 
+from ..errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CheckpointReadError,
+    UnsafeCheckpointError,
+)
 from ..models.pos_embed import resample_pos_embed
 from ..models.predictor import VisionTransformerPredictor
 from ..models.vit import IMAGENET_MEAN, IMAGENET_STD, VIT_SIZES, VisionTransformer, arch_name, to_2tuple
@@ -52,20 +58,9 @@ HEADS_BY_WIDTH: dict[int, int] = {dim: heads for dim, _, heads, _ in VIT_SIZES.v
 # errors
 # ----------------------------------------------------------------------------------------------------------
 
-class InteropError(ValueError):
-    """A checkpoint that cannot be read, is not a format we know, or does not fit the requested model."""
-
-
-class CheckpointNotFoundError(InteropError, FileNotFoundError):
-    """The path does not exist (also a ``FileNotFoundError``)."""
-
-
-class CheckpointReadError(InteropError):
-    """The file exists but cannot be read: truncated, corrupt, or not a checkpoint at all."""
-
-
-class UnsafeCheckpointError(CheckpointReadError):
-    """The pickle holds objects other than tensors and plain containers; we never execute such pickles."""
+# A checkpoint that cannot be read, is not a format we know, or does not fit the requested model: the package's
+# one checkpoint error (ijepa.errors), under the name this module has always exported.
+InteropError = CheckpointError
 
 
 class UnknownFormatError(InteropError):

@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..errors import IJepaError
 
-class VizError(ValueError):
+
+class VizError(IJepaError, ValueError):
     """A problem with what a picture was asked to show (the user's to fix: a bad box, a model without a
     predictor, a run folder without logs); the ``viz`` commands print it as one line."""
 
