@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..optim import param_groups, set_lr, warmup_cosine
+
 __all__ = ["AttentiveProbe", "train_attentive_probe"]
 
 TokenSource = torch.Tensor | np.ndarray | Callable[[torch.Tensor], torch.Tensor]
@@ -197,19 +199,10 @@ def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.
         dim = _fetch(train_tokens, torch.arange(min(2, n)), torch.device("cpu")).shape[-1]
         model = AttentiveProbe(dim, C, num_queries=num_queries, num_heads=num_heads, depth=depth).to(dev)
 
-    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for name, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(1, epochs * steps_per_epoch)
     warmup = int(warmup_fraction * total)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return 0.5 * lr * (1.0 + math.cos(math.pi * t))
 
     from tqdm.auto import tqdm
 
@@ -221,8 +214,7 @@ def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             x = _fetch(train_tokens, idx, dev)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+            set_lr(opt, warmup_cosine(step, total, warmup, lr, warmup_offset=1))
             with _autocast(dev, dtype):
                 loss = F.cross_entropy(model(x).float(), train_y[idx].to(dev))
             opt.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from ..config import Config, LossConfig, save_config
 from ..device import bf16_supported, resolve_device
 from ..masks import MaskConfig, MultiBlockMaskSampler
 from ..models import apply_masks, build_encoder, build_predictor
+from ..optim import param_groups, set_lr
 from . import distributed as D
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .inputs import build_pipeline, generator_for
@@ -123,10 +124,7 @@ class TrainState:
 def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor],
                masks_pred: list[torch.Tensor], step: int) -> torch.Tensor:
     lr, wd, momentum = s.schedules.lr_at(step), s.schedules.wd_at(step), s.schedules.momentum_at(step)
-    for group in s.optimizer.param_groups:
-        group["lr"] = lr
-        if group["apply_wd"]:
-            group["weight_decay"] = wd
+    set_lr(s.optimizer, lr, wd)
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
         loss = jepa_loss(s.encoder, s.predictor, s.target_encoder, images, masks_enc, masks_pred, s.loss)
     s.optimizer.zero_grad(set_to_none=True)
@@ -166,13 +164,10 @@ def build_models(cfg: Config, input_spec: dict) -> tuple[nn.Module, nn.Module, n
 
 def build_optimizer(encoder: nn.Module, predictor: nn.Module, cfg: Config, device: torch.device
                     ) -> torch.optim.Optimizer:
-    """AdamW; biases and 1-D parameters (norms) get no weight decay, as in the reference."""
-    groups = []
-    for module in (encoder, predictor):
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        decay = [p for n, p in named if not n.endswith(".bias") and p.ndim > 1]
-        no_decay = [p for n, p in named if n.endswith(".bias") or p.ndim <= 1]
-        groups += [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+    """AdamW over the encoder's then the predictor's groups (``ijepa.optim.param_groups``: biases and 1-D
+    parameters take no weight decay, as in the reference)."""
+    wd = cfg.optimization.weight_decay
+    groups = param_groups(encoder, wd) + param_groups(predictor, wd)
     kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.optimization.lr, betas=cfg.optimization.betas, **kw)
 

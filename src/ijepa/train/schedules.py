@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..optim import warmup_cosine
+
 
 @dataclass(frozen=True)
 class Schedules:
@@ -32,11 +34,8 @@ class Schedules:
 
     def lr_at(self, step: int) -> float:
         """Linear warmup from start_lr to lr, then cosine to final_lr (never below it)."""
-        if step < self.warmup_steps:
-            return self.start_lr + (self.lr - self.start_lr) * step / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        cos = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return max(self.final_lr, self.final_lr + (self.lr - self.final_lr) * cos)
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.lr, start=self.start_lr,
+                             final=self.final_lr)
 
     def wd_at(self, step: int) -> float:
         """Cosine from weight_decay to final_weight_decay over the whole run (an increase, in the paper)."""

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..optim import param_groups, set_lr, warmup_cosine
 from . import VizError
 from .features import encode
 
@@ -112,12 +113,6 @@ class DecoderStats:
     val_l1: float
 
 
-def _lr_factor(progress: float, warmup: float = 0.05) -> float:
-    if progress < warmup:
-        return progress / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
-
-
 def train_decoder(target_encoder: nn.Module, train_images: torch.Tensor, *, val_images: torch.Tensor | None = None,
                   steps: int | None = None, minutes: float | None = None, batch_size: int = 128, lr: float = 2e-3,
                   hidden: int = 128, depth: int = 2, pixel_channels: int = 16, seed: int = 0,
@@ -139,7 +134,7 @@ def train_decoder(target_encoder: nn.Module, train_images: torch.Tensor, *, val_
     feats = decoder_input(encode(target_encoder, train_images))
     pixels = train_images.float()
     decoder = PixelDecoder(encoder_dim, grid, patch, pixels.shape[1], hidden, depth, pixel_channels)
-    opt = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(param_groups(decoder, 1e-4), lr=lr)
     budget_s = minutes * 60.0 if minutes is not None else math.inf
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
@@ -150,8 +145,7 @@ def train_decoder(target_encoder: nn.Module, train_images: torch.Tensor, *, val_
         progress = max(step / steps if steps else 0.0, elapsed / budget_s)
         if progress >= 1.0:
             break
-        for group in opt.param_groups:
-            group["lr"] = lr * _lr_factor(progress)
+        set_lr(opt, warmup_cosine(progress, 1.0, 0.05, lr))  # over the budget's fraction spent
         idx = torch.randint(len(feats), (min(batch_size, len(feats)),), generator=g)
         loss = F.l1_loss(decoder(feats[idx]), pixels[idx])
         opt.zero_grad(set_to_none=True)
