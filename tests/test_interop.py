@@ -6,9 +6,12 @@ Everything runs on CPU with tiny random-weight models built here; nothing is dow
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import re
+import threading
 import warnings
 from importlib.resources import files
 from pathlib import Path
@@ -374,6 +377,49 @@ def test_registry_entry_builds_encoder_and_predictor(tmp_path: Path, monkeypatch
     assert got.source == "tiny-test: reference .pth.tar (epoch 300): target_encoder"
     assert got.depth == 12 and got_pred.depth == 2 and got_pred.num_heads == 3
     assert got.input_spec["mean"] == (0.485, 0.456, 0.406)
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; ``short.pth.tar`` promises more bytes than it sends (a connection cut mid-download)."""
+
+    def do_GET(self):  # noqa: N802 (the base class's name)
+        if not self.path.endswith("short.pth.tar"):
+            return super().do_GET()
+        body = b"x" * 1000
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) + 500))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_download_from_a_local_stand_in(tmp_path: Path, monkeypatch) -> None:
+    served, cache = tmp_path / "served", tmp_path / "cache"
+    served.mkdir()
+    payload = os.urandom(3 << 20)  # several read chunks
+    (served / "tiny.pth.tar").write_bytes(payload)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(registry, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        for name in ("tiny", "short", "gone"):
+            monkeypatch.setitem(registry.PUBLISHED, f"{name}-test", registry.PublishedModel(
+                f"{name}-test", "vit_tiny", 16, 224, "nothing", 1, f"{name}.pth.tar", 0.1, 2, 96, "fmnist_cpu",
+                "none"))
+        got = interop.download("tiny-test", cache, progress=False)
+        assert got == cache / "tiny.pth.tar" and got.read_bytes() == payload
+        (served / "tiny.pth.tar").unlink()
+        assert interop.download("tiny-test", cache) == got  # already there: not fetched again
+        with pytest.raises(InteropError, match="stopped after 1000 of 1500 bytes"):
+            interop.download("short-test", cache, progress=False)
+        with pytest.raises(OSError, match="404"):
+            interop.download("gone-test", cache, progress=False)
+        assert sorted(p.name for p in cache.iterdir()) == ["tiny.pth.tar"]  # nothing torn, no temporary left
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -47,10 +47,40 @@ class UnsafeCheckpointError(CheckpointReadError):
     """A pickle that holds objects other than tensors and plain containers: refused, never run."""
 
 
+class UnknownFormatError(CheckpointError):
+    """Readable, but none of the layouts we know (reference, transformers, timm, ours)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The weights do not fit the model: names the missing, unexpected and mis-shaped keys (first few of each,
+    with counts). Raised instead of any partial load."""
+
+    def __init__(self, what: str, target: str, missing: list[str], unexpected: list[str],
+                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {preview(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {preview(unexpected)}")
+        if mismatched:
+            shapes = [f"{k} file {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched]
+            parts.append(f"{len(mismatched)} mis-shaped: {preview(shapes, 3)}")
+        self.summary = f"{what} does not fit {target}: " + "; ".join(parts) + "."
+        super().__init__(self.summary
+                         + " Pass the right arch=..., or strict=False to load only the matching keys.")
+
+
 class NonFiniteLossError(IJepaError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left alone."""
 
     kind = "training stopped"
+
+
+def preview(names: list[str], n: int = 5) -> str:
+    """The first ``n`` names, and how many more: what an error lists of a long set."""
+    shown = ", ".join(names[:n])
+    return shown + (f", … (+{len(names) - n} more)" if len(names) > n else "")
 
 
 def first_line(e: BaseException) -> str:

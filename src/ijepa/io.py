@@ -22,7 +22,7 @@ import torch
 
 from .errors import CheckpointNotFoundError, CheckpointReadError, UnsafeCheckpointError, first_line
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "existing", "read_json",
            "read_safetensors", "read_torch", "save_torch", "write_safetensors"]
 
 
@@ -85,7 +85,8 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLi
     return atomic_write_bytes(path, data)
 
 
-def _existing(path: str | os.PathLike, what: str = "checkpoint") -> Path:
+def existing(path: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """``path`` (``~`` expanded) if it exists, else :class:`CheckpointNotFoundError` naming it."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointNotFoundError(f"no {what} at {p}: the path does not exist")
@@ -97,7 +98,7 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     Zip-format files are memory-mapped, so reading one encoder out of a 10 GB reference checkpoint does not
     load the optimizer state into memory."""
-    p = _existing(path)
+    p = existing(path)
     if p.is_dir():
         raise CheckpointReadError(f"cannot read {p}: it is a folder, not a PyTorch file")
     try:
@@ -122,7 +123,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     """All tensors of a ``.safetensors`` file and its string metadata."""
     from safetensors import safe_open
 
-    p = _existing(path)
+    p = existing(path)
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})

@@ -68,6 +68,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from ..errors import CheckpointError, UnknownFormatError
+from ..io import atomic_write_json, read_json, read_safetensors, write_safetensors
 from .extract import _autocast, _encoder_device, as_nchw, prepare_images, resolve_input_spec
 
 __all__ = ["ClassifierModel", "FinetuneConfig", "NonFiniteLossError", "cosine_lr", "evaluate_classifier",
@@ -537,7 +539,6 @@ def save_classifier(model: ClassifierModel, dst: str | os.PathLike, *, id2label:
     ``head.safetensors`` (``weight``, ``bias``) and ``classifier.json`` (classes, pooling, fine-tuning
     config). :func:`load_classifier` reads it back. Returns the directory."""
     from ..interop import export
-    from ..interop.native import write_json, write_safetensors
 
     d = Path(dst)
     d.mkdir(parents=True, exist_ok=True)
@@ -546,10 +547,10 @@ def save_classifier(model: ClassifierModel, dst: str | os.PathLike, *, id2label:
     write_safetensors({"weight": model.head.weight, "bias": model.head.bias}, d / "head.safetensors",
                       {"format": CLASSIFIER_FORMAT})
     labels = _id2label(model, id2label)
-    write_json({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_FORMAT_VERSION, "pooling": "mean",
-                "num_classes": model.num_classes, "id2label": {str(k): v for k, v in labels.items()},
-                "encoder": "encoder.safetensors", "head": "head.safetensors", "source": src,
-                "finetune": config}, d / "classifier.json")
+    atomic_write_json(d / "classifier.json", {
+        "format": CLASSIFIER_FORMAT, "version": CLASSIFIER_FORMAT_VERSION, "pooling": "mean",
+        "num_classes": model.num_classes, "id2label": {str(k): v for k, v in labels.items()},
+        "encoder": "encoder.safetensors", "head": "head.safetensors", "source": src, "finetune": config})
     return d
 
 
@@ -566,11 +567,10 @@ def save_hf_classifier(model: ClassifierModel, dst: str | os.PathLike,
         preprocessor_config_for,
         to_hf,
     )
-    from ..interop.native import InteropError, write_json, write_safetensors
 
     d = Path(dst)
     if d.exists() and not d.is_dir():
-        raise InteropError(f"{d} exists and is not a directory; a transformers export is a directory")
+        raise CheckpointError(f"{d} exists and is not a directory; a transformers export is a directory")
     d.mkdir(parents=True, exist_ok=True)
     enc = model.encoder
     labels = _id2label(model, id2label)
@@ -583,8 +583,8 @@ def save_hf_classifier(model: ClassifierModel, dst: str | os.PathLike,
     cfg.update(architectures=["IJepaForImageClassification"], num_labels=len(labels),
                id2label={str(k): v for k, v in labels.items()}, label2id={v: k for k, v in labels.items()},
                problem_type="single_label_classification")
-    write_json(cfg, d / "config.json")
-    write_json(preprocessor_config_for(resolve_input_spec(enc)), d / "preprocessor_config.json")
+    atomic_write_json(d / "config.json", cfg)
+    atomic_write_json(d / "preprocessor_config.json", preprocessor_config_for(resolve_input_spec(enc)))
     return d
 
 
@@ -592,7 +592,6 @@ def load_classifier(src: str | os.PathLike) -> ClassifierModel:
     """Read a :func:`save_classifier` directory or a transformers ``IJepaForImageClassification`` directory
     (e.g. from :func:`save_hf_classifier`) into a :class:`ClassifierModel` (eval mode)."""
     from ..interop import load
-    from ..interop.native import UnknownFormatError, read_json, read_safetensors
 
     d = Path(src)
     if (d / "classifier.json").is_file():

@@ -20,22 +20,11 @@ from typing import Any
 
 import torch
 
-from .native import (
-    CheckpointReadError,
-    InteropError,
-    StateDict,
-    UnknownFormatError,
-    Weights,
-    default_input_spec,
-    exact_ratio,
-    normalise_input_spec,
-    read_json,
-    read_safetensors,
-    read_torch_file,
-    tensors_only,
-    write_json,
-    write_safetensors,
-)
+from ..errors import CheckpointError, CheckpointReadError, UnknownFormatError
+from ..io import atomic_write_json, read_json, read_safetensors, read_torch, write_safetensors
+from ..spec import InputSpec
+from .arch import exact_ratio
+from .weights import StateDict, Weights, declared_spec, tensors_only
 
 # ours <-> transformers, outside the blocks (identical in both transformers layouts)
 HF_TOP: dict[str, str] = {
@@ -57,7 +46,6 @@ HF_HUB_QKV: tuple[str, str, str] = ("attention.attention.query", "attention.atte
                                     "attention.attention.value")
 
 # per block: ours -> transformers-5 in-memory layout (layers.N.…), what IJepaModel().state_dict() holds
-HF_MEM_BLOCK_PREFIX = "layers.{i}."
 HF_MEM_BLOCK: dict[str, str] = {
     "norm1": "layernorm_before",
     "attn.proj": "attention.o_proj",
@@ -143,7 +131,7 @@ def to_hf(sd: Mapping[str, torch.Tensor]) -> StateDict:
             continue
         m = rx.match(k)
         if not m:
-            raise InteropError(f"no transformers name for parameter {k}")
+            raise CheckpointError(f"no transformers name for parameter {k}")
         i, module, param = m.groups()
         prefix = HF_HUB_BLOCK_PREFIX.format(i=i)
         if module == "attn.qkv":
@@ -152,7 +140,7 @@ def to_hf(sd: Mapping[str, torch.Tensor]) -> StateDict:
         elif module in HF_HUB_BLOCK:
             out[f"{prefix}{HF_HUB_BLOCK[module]}.{param}"] = v
         else:
-            raise InteropError(f"no transformers name for parameter {k}")
+            raise CheckpointError(f"no transformers name for parameter {k}")
     return out
 
 
@@ -161,7 +149,7 @@ def arch_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     default is 1e-12 but the published ports (and the reference) use 1e-6."""
     act = cfg.get("hidden_act", "gelu")
     if act != "gelu":
-        raise InteropError(f"hidden_act={act!r} in config.json: only exact GELU ('gelu') is supported")
+        raise CheckpointError(f"hidden_act={act!r} in config.json: only exact GELU ('gelu') is supported")
     a: dict[str, Any] = {}
     if "hidden_size" in cfg:
         a["embed_dim"] = int(cfg["hidden_size"])
@@ -175,7 +163,7 @@ def arch_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         p = cfg["patch_size"]
         if not isinstance(p, int):
             if len(set(p)) != 1:
-                raise InteropError(f"non-square patches {p} are not supported")
+                raise CheckpointError(f"non-square patches {p} are not supported")
             p = p[0]
         a["patch_size"] = int(p)
     if "image_size" in cfg:
@@ -186,20 +174,16 @@ def arch_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return a
 
 
-def input_spec_from_preprocessor(pp: Mapping[str, Any], img_size: Any, in_chans: int) -> dict[str, Any]:
+def input_spec_from_preprocessor(pp: Mapping[str, Any], img_size: Any, in_chans: int) -> InputSpec:
     """preprocessor_config.json -> input_spec: the crop size (else the resize size, else the model's) and the
     normalisation statistics."""
-    spec = default_input_spec(img_size, in_chans)
+    given: dict[str, Any] = {"mean": pp.get("image_mean"), "std": pp.get("image_std")}
     size = pp.get("crop_size") if pp.get("do_center_crop") else pp.get("size")
     if isinstance(size, Mapping) and "height" in size and "width" in size:
-        spec["image_size"] = (int(size["height"]), int(size["width"]))
+        given["image_size"] = (int(size["height"]), int(size["width"]))
     elif isinstance(size, int):
-        spec["image_size"] = (size, size)
-    if pp.get("image_mean") is not None:
-        spec["mean"] = tuple(float(x) for x in pp["image_mean"])
-    if pp.get("image_std") is not None:
-        spec["std"] = tuple(float(x) for x in pp["image_std"])
-    return spec
+        given["image_size"] = (size, size)
+    return InputSpec.coerce(given, image_size=img_size, in_chans=in_chans)
 
 
 def _read_weight_files(d: Path) -> tuple[StateDict, dict[str, str]]:
@@ -225,13 +209,13 @@ def _read_weight_files(d: Path) -> tuple[StateDict, dict[str, str]]:
 def _read_one(f: Path) -> tuple[StateDict, dict[str, str]]:
     if f.suffix == ".safetensors":
         return read_safetensors(f)
-    obj = read_torch_file(f)
+    obj = read_torch(f)
     if not isinstance(obj, Mapping):
         raise UnknownFormatError(f"{f} holds a {type(obj).__name__}, not a state dict")
     return tensors_only(obj, str(f)), {}
 
 
-def is_hf_dir(d: Path, cfg: Mapping[str, Any]) -> bool:
+def is_hf_config(cfg: Mapping[str, Any]) -> bool:
     return "model_type" in cfg or "architectures" in cfg or "hidden_size" in cfg
 
 
@@ -319,17 +303,16 @@ def save_hf(encoder: Any, dst: str | os.PathLike, source: str | None = None) -> 
     config.json, model.safetensors (hub layout) and preprocessor_config.json (the encoder's input_spec)."""
     d = Path(dst)
     if d.exists() and not d.is_dir():
-        raise InteropError(f"{d} exists and is not a directory; a transformers export is a directory")
+        raise CheckpointError(f"{d} exists and is not a directory; a transformers export is a directory")
     d.mkdir(parents=True, exist_ok=True)
-    spec = normalise_input_spec(getattr(encoder, "input_spec", None)) or default_input_spec(
-        encoder.img_size, encoder.in_chans)
+    spec = declared_spec(encoder)
     stated = source or getattr(encoder, "source", "") or "ijepa export"
     meta = {"format": "pt", HF_SOURCE_METADATA_KEY: stated}
     write_safetensors(to_hf(encoder.state_dict()), d / "model.safetensors", meta)
-    write_json(config_for(encoder), d / "config.json")
-    write_json(preprocessor_config_for(spec), d / "preprocessor_config.json")
+    atomic_write_json(d / "config.json", config_for(encoder))
+    atomic_write_json(d / "preprocessor_config.json", preprocessor_config_for(spec))
     return d
 
 
 __all__ = ["HF_HUB_BLOCK", "HF_HUB_QKV", "HF_MEM_BLOCK", "HF_MEM_QKV", "HF_TOP", "arch_from_config",
-           "from_hf", "read_hf_dir", "read_hf_state", "save_hf", "to_hf"]
+           "from_hf", "is_hf_config", "looks_like_hf", "read_hf_dir", "read_hf_state", "save_hf", "to_hf"]

@@ -3,8 +3,8 @@ and the other published files).
 
 A ``torch.save``d dict. Model entries are state dicts saved from DDP-wrapped modules, so every name starts
 with ``module.``; after that prefix the names are ours (the models in ``ijepa.models`` keep the reference's
-names).
-The rest is training state we do not need to build a model.
+names), so the key map is :func:`.weights.strip_wrappers`. The rest is training state we do not need to build
+a model.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .native import InteropError, Weights, strip_wrappers, tensors_only
+from ..errors import CheckpointError
+from .weights import Weights, check_which, state_dict
 
 # entry -> what it is
 REFERENCE_MODEL_ENTRIES: dict[str, str] = {
@@ -22,16 +23,6 @@ REFERENCE_MODEL_ENTRIES: dict[str, str] = {
 }
 REFERENCE_OTHER_ENTRIES: tuple[str, ...] = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size",
                                             "lr")
-# reference name (after "module.") -> ours: the identity.
-REFERENCE_PREFIX = "module."
-WHICH_CHOICES = ("target_encoder", "encoder")
-
-
-def check_which(which: str) -> str:
-    if which not in WHICH_CHOICES:
-        raise InteropError(f"which={which!r}: choose 'target_encoder' (the EMA encoder the paper evaluates) "
-                           "or 'encoder' (the context encoder)")
-    return which
 
 
 def is_reference(obj: Any) -> bool:
@@ -43,18 +34,16 @@ def read_reference(obj: Mapping[str, Any], which: str, path: str) -> Weights:
     check_which(which)
     if not isinstance(obj.get(which), Mapping):
         held = [k for k in REFERENCE_MODEL_ENTRIES if isinstance(obj.get(k), Mapping)]
-        raise InteropError(f"{path} has no '{which}' entry (it holds: {', '.join(held)}); pass which='"
-                           f"{held[0]}'" if held else f"{path} holds no encoder")
+        raise CheckpointError(f"{path} has no '{which}' entry (it holds: {', '.join(held)}); pass which='"
+                              f"{held[0]}'" if held else f"{path} holds no encoder")
     pred = obj.get("predictor")
     epoch = obj.get("epoch")
     return Weights(
-        encoder=strip_wrappers(tensors_only(obj[which], f"{path}['{which}']")),
-        predictor=(strip_wrappers(tensors_only(pred, f"{path}['predictor']"))
-                   if isinstance(pred, Mapping) else None),
+        encoder=state_dict(obj[which], f"{path}['{which}']"),
+        predictor=state_dict(pred, f"{path}['predictor']") if isinstance(pred, Mapping) else None,
         source=f"reference .pth.tar{f' (epoch {epoch})' if isinstance(epoch, int) else ''}: {which}",
         path=path,
     )
 
 
-__all__ = ["REFERENCE_MODEL_ENTRIES", "REFERENCE_OTHER_ENTRIES", "check_which", "is_reference",
-           "read_reference"]
+__all__ = ["REFERENCE_MODEL_ENTRIES", "REFERENCE_OTHER_ENTRIES", "is_reference", "read_reference"]

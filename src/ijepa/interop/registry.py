@@ -6,6 +6,9 @@ count ImageNet-1K-equivalent epochs (900e, 600e); the README lists 66 and 44 Ima
 
 Sizes are estimates from parameter counts (fp32 context and target encoders, predictor, AdamW's two moments),
 not published numbers; they only serve a plausibility check.
+
+``load`` asks :func:`lookup` whether its argument names one of these, and :func:`resolve_path` for the file;
+nothing here reads weights or builds a model.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models.vit import IMAGENET_MEAN, IMAGENET_STD, VIT_SIZES
-from .native import CheckpointNotFoundError, InteropError
+from ..errors import CheckpointError, CheckpointNotFoundError
+from ..io import atomic_open
+from ..models.vit import VIT_SIZES
+from ..spec import InputSpec
 
 BASE_URL = "https://dl.fbaipublicfiles.com/ijepa/"
 CACHE_ENV = "IJEPA_HOME"
@@ -59,9 +64,12 @@ class PublishedModel:
                 "depth": self.pred_depth, "num_heads": heads, "mlp_ratio": 4.0, "qkv_bias": True,
                 "norm_eps": 1e-6}
 
-    def input_spec(self) -> dict[str, Any]:
-        return {"image_size": (self.resolution, self.resolution), "in_chans": 3, "mean": IMAGENET_MEAN,
-                "std": IMAGENET_STD}
+    def model_arch(self) -> dict[str, Any]:
+        """``arch=`` for ``load``: what builds this model without reading the file."""
+        return {"encoder": self.encoder_arch(), "predictor": self.predictor_arch()}
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec.default(self.resolution, 3)  # trained and evaluated with ImageNet statistics
 
     def min_plausible_bytes(self) -> int:
         """An encoder alone in 16-bit: anything smaller cannot hold this model."""
@@ -83,20 +91,32 @@ PUBLISHED: dict[str, PublishedModel] = {m.name: m for m in (
 )}
 
 
-def get(name: str) -> PublishedModel:
+def find(name: str) -> PublishedModel | None:
+    """The entry ``name`` names (its short name, file name or timm name), or None."""
     key = name.lower()
-    for m in PUBLISHED.values():
-        if key in (m.name, m.filename.lower(), m.timm_name):
-            return m
-    raise InteropError(f"unknown published model {name!r}; choose from {', '.join(PUBLISHED)}")
+    return next((m for m in PUBLISHED.values() if key in (m.name, m.filename.lower(), m.timm_name)), None)
+
+
+def get(name: str) -> PublishedModel:
+    m = find(name)
+    if m is None:
+        raise CheckpointError(f"unknown published model {name!r}; choose from {', '.join(PUBLISHED)}")
+    return m
 
 
 def is_name(name: Any) -> bool:
-    try:
-        get(str(name))
-        return True
-    except InteropError:
-        return False
+    return find(str(name)) is not None
+
+
+def lookup(src: Any, path: str | os.PathLike | None = None) -> PublishedModel | None:
+    """The published model ``load(src, path=path)`` means, or None when ``src`` is a file, folder or state dict
+    (a name is only taken for one when no such path exists, or when ``path=`` says so)."""
+    if path is None and not (isinstance(src, str) and not Path(src).expanduser().exists()):
+        return None
+    m = find(src) if isinstance(src, str) else None
+    if m is None and path is not None:
+        raise CheckpointNotFoundError(f"path= is for published model names ({', '.join(PUBLISHED)}); got {src!r}")
+    return m
 
 
 def cache_dir() -> Path:
@@ -112,10 +132,9 @@ def describe() -> str:
     return "\n".join(rows)
 
 
-def check_file(name: str, path: str | os.PathLike) -> Path:
-    """Warn (never fail) when ``path`` does not look like ``name``'s file: another file name, or a size no
+def check_file(m: PublishedModel, path: str | os.PathLike) -> Path:
+    """Warn (never fail) when ``path`` does not look like ``m``'s file: another file name, or a size no
     checkpoint of this model can have. Returns the path."""
-    m = get(name)
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointNotFoundError(f"no checkpoint at {p} for {m.name}; download it with "
@@ -132,65 +151,43 @@ def check_file(name: str, path: str | os.PathLike) -> Path:
     return p
 
 
-def resolve_path(name: str, path: str | os.PathLike | None) -> Path:
-    m = get(name)
+def resolve_path(m: PublishedModel, path: str | os.PathLike | None = None) -> Path:
+    """``path`` when given (checked for plausibility), else the file in the cache folder."""
     if path is not None:
-        return check_file(name, path)
+        return check_file(m, path)
     cached = cache_dir() / m.filename
     if cached.is_file():
-        return check_file(name, cached)
+        return check_file(m, cached)
     raise CheckpointNotFoundError(
         f"{m.name}: no path given and {cached} does not exist. Download {m.url} (about {m.approx_gb} GB) "
         f"and pass path=..., or run ijepa.interop.download({m.name!r}) to fetch it to {cache_dir()} "
         f"(${CACHE_ENV})")
 
 
-def load_published(name: str, path: str | os.PathLike | None = None, **kwargs: Any):
-    """``ijepa.interop.load`` with the registry's architecture; ``path`` may be the reference file or any
-    export of it that ``load`` reads."""
-    from .load import load
-
-    m = get(name)
-    p = resolve_path(name, path)
-    if kwargs.get("arch") is None:
-        kwargs["arch"] = {"encoder": m.encoder_arch(), "predictor": m.predictor_arch()}
-    out = load(p, **kwargs)
-    enc = out[0] if isinstance(out, tuple) else out
-    enc.source = f"{m.name}: {enc.source}"
-    return out
-
-
 def download(name: str, dest: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
     """Fetch ``name``'s checkpoint to ``dest`` (a folder; default ``$IJEPA_HOME`` or ~/.cache/ijepa). Needs a
-    network; skipped when the file is already there. Writes ``<file>.part`` and renames at the end, so an
-    interrupted download is never mistaken for a checkpoint."""
+    network; skipped when the file is already there. The file appears under its name only once complete
+    (:func:`ijepa.io.atomic_open`), so an interrupted download is never mistaken for a checkpoint."""
     m = get(name)
     folder = Path(dest).expanduser() if dest is not None else cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / m.filename
     if target.is_file():
         return target
-    part = target.with_name(target.name + ".part")
-    last = [-1]
-
-    def hook(blocks: int, block_size: int, total: int) -> None:
-        if not progress or total <= 0:
-            return
-        pct = min(100, blocks * block_size * 100 // total)
-        if pct != last[0] and pct % 5 == 0:
-            last[0] = pct
-            print(f"\r{m.filename}: {pct}% of {total / 1e9:.1f} GB", end="", file=sys.stderr, flush=True)
-
-    try:
-        urllib.request.urlretrieve(m.url, part, reporthook=hook)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    if progress:
+    with urllib.request.urlopen(m.url) as r, atomic_open(target, "wb") as f:
+        total, done, shown = int(r.headers.get("Content-Length") or 0), 0, -1
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            done += len(chunk)
+            pct = done * 100 // total if total > 0 else -1
+            if progress and pct >= 0 and pct // 5 != shown:
+                shown = pct // 5
+                print(f"\r{m.filename}: {pct}% of {total / 1e9:.1f} GB", end="", file=sys.stderr, flush=True)
+        if done < total:  # urllib does not raise when the connection ends early
+            raise CheckpointError(f"download of {m.url} stopped after {done} of {total} bytes; run it again")
+    if progress and total > 0:
         print(file=sys.stderr)
-    os.replace(part, target)
     return target
 
 
-__all__ = ["PUBLISHED", "PublishedModel", "cache_dir", "check_file", "describe", "download", "get", "is_name",
-           "load_published"]
+__all__ = ["PUBLISHED", "PublishedModel", "cache_dir", "check_file", "describe", "download", "find", "get",
+           "is_name", "lookup", "resolve_path"]

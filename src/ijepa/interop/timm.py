@@ -22,16 +22,10 @@ from typing import Any
 
 import torch
 
-from .native import (
-    InteropError,
-    StateDict,
-    Weights,
-    default_input_spec,
-    normalise_input_spec,
-    read_json,
-    write_json,
-    write_safetensors,
-)
+from ..errors import CheckpointError
+from ..io import atomic_write_json, read_json, read_safetensors, read_torch, write_safetensors
+from ..spec import InputSpec
+from .weights import StateDict, Weights, declared_spec, split_predictor, strip_wrappers, tensors_only
 
 # ours -> timm: the identity. Listed so the mapping is explicit where each format is described.
 TIMM_KEYS: dict[str, str] = {
@@ -92,8 +86,7 @@ def model_args_for(encoder: Any) -> dict[str, Any]:
 
 
 def config_for(encoder: Any, source: str | None = None) -> dict[str, Any]:
-    spec = normalise_input_spec(getattr(encoder, "input_spec", None)) or default_input_spec(
-        encoder.img_size, encoder.in_chans)
+    spec = declared_spec(encoder)
     return {
         "architecture": timm_name(encoder),
         "num_classes": 0,
@@ -112,7 +105,7 @@ def config_for(encoder: Any, source: str | None = None) -> dict[str, Any]:
             "num_classes": 0,
         },
         TIMM_SOURCE_KEY: {"source": source or getattr(encoder, "source", "") or "ijepa export",
-                          "input_spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}},
+                          "input_spec": spec.to_dict()},
     }
 
 
@@ -127,10 +120,10 @@ def save_timm(encoder: Any, dst: str | os.PathLike, source: str | None = None) -
         weights, sidecar = dst, dst.with_suffix(".json")
     else:
         if dst.exists() and not dst.is_dir():
-            raise InteropError(f"{dst} exists and is not a directory; pass a folder or a .safetensors path")
+            raise CheckpointError(f"{dst} exists and is not a directory; pass a folder or a .safetensors path")
         weights, sidecar = dst / "model.safetensors", dst / "config.json"
     write_safetensors(encoder.state_dict(), weights, {"format": "pt"})
-    write_json(cfg, sidecar)
+    atomic_write_json(sidecar, cfg)
     return weights
 
 
@@ -156,7 +149,7 @@ def hints_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     if "img_size" in args:
         hint["img_size"] = args["img_size"]
     if args.get("class_token") or args.get("reg_tokens") or args.get("fc_norm"):
-        raise InteropError(f"timm architecture {cfg.get('architecture')} has a class/register token or "
+        raise CheckpointError(f"timm architecture {cfg.get('architecture')} has a class/register token or "
                            "fc_norm: not an I-JEPA ViT")
     hint["norm_eps"] = TIMM_EPS
     ours = cfg.get(TIMM_SOURCE_KEY) or {}
@@ -164,13 +157,21 @@ def hints_from_config(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     pc = cfg.get("pretrained_cfg") or {}
     if spec is None and pc.get("input_size"):
         c, h, w = pc["input_size"]
-        spec = default_input_spec((h, w), c)
-        for k in ("mean", "std"):
-            if pc.get(k):
-                spec[k] = tuple(pc[k])
+        spec = InputSpec.coerce({"mean": pc.get("mean") or None, "std": pc.get("std") or None},
+                                image_size=(h, w), in_chans=c)
     if "img_size" not in hint and pc.get("input_size"):
         hint["img_size"] = tuple(pc["input_size"][1:])
     return hint, spec, ours.get("source")
+
+
+def read_timm_dir(d: Path, cfg: Mapping[str, Any]) -> Weights:
+    """A folder as :func:`save_timm` (or timm's ``save_pretrained``) writes it: config.json + the weights."""
+    if (d / "model.safetensors").is_file():
+        sd, _ = read_safetensors(d / "model.safetensors")
+    else:
+        sd = tensors_only(read_torch(d / "pytorch_model.bin"), str(d))
+    enc, _ = split_predictor(strip_wrappers(sd))
+    return read_timm_state(enc, str(d), cfg)
 
 
 def read_timm_state(sd: Mapping[str, torch.Tensor], path: str, cfg: Mapping[str, Any] | None) -> Weights:
@@ -188,5 +189,5 @@ def read_timm_state(sd: Mapping[str, torch.Tensor], path: str, cfg: Mapping[str,
     return Weights(encoder=ours, path=path, source=source, encoder_hint=hint, input_spec=spec)
 
 
-__all__ = ["TIMM_IJEPA_NAMES", "TIMM_KEYS", "config_for", "from_timm", "model_args_for", "read_timm_state",
-           "save_timm", "timm_name"]
+__all__ = ["TIMM_IJEPA_NAMES", "TIMM_KEYS", "config_for", "from_timm", "is_timm_config", "model_args_for",
+           "read_timm_dir", "read_timm_state", "save_timm", "sidecar_for", "timm_name"]
