@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .mask_geometry import geometry_problem
 
 # (width, heads) of each encoder size: models/vit.py's VIT_SIZES, repeated so this module stays torch-free
 # (tests/test_config.py checks they agree)
@@ -242,9 +243,12 @@ class Config:
         if self.data.crop_size % self.mask.patch_size:
             raise ConfigError(f"data.crop_size ({self.data.crop_size}) is not a multiple of mask.patch_size "
                               f"({self.mask.patch_size})")
-        grid = (self.data.crop_size // self.mask.patch_size) ** 2
-        if self.mask.min_keep > grid:
-            raise ConfigError(f"mask.min_keep ({self.mask.min_keep}) exceeds the {grid} patches of the grid")
+        side = self.data.crop_size // self.mask.patch_size
+        problem = geometry_problem(side, side, self.mask)
+        if problem is not None:  # the sampler would refuse it after the models are built: say so now
+            keys = ", ".join(f"mask.{k}" for k in problem.keys)
+            raise ConfigError(f"{keys}: {problem.message} (the grid is data.crop_size {self.data.crop_size} / "
+                              f"mask.patch_size {self.mask.patch_size})")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

@@ -33,8 +33,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from .mask_geometry import geometry_problem, reference_block_size, reference_hang_message
 
 __all__ = ["MaskConfig", "MultiBlockMaskSampler"]
 
@@ -48,8 +49,6 @@ _REF_TIMEOUT = 20
 _SERIAL_NUMEL = 16384
 # Bits used per int64 word of a packed patch row: every word stays non-negative and 1 << _WORD fits.
 _WORD = 62
-# Resolution of the draw grids used to decide at construction whether a config can work at all.
-_GRID_POINTS = 257
 
 
 def _float_pair(name: str, value: object, *, upper: float | None) -> tuple[float, float]:
@@ -105,7 +104,8 @@ class MultiBlockMaskSampler:
 
     All randomness comes from the generator given to :meth:`__call__` (a CPU ``torch.Generator``), so the
     output is a pure function of the generator's state. Configs that can never produce valid masks raise
-    ``ValueError`` here; configs that fail by bad luck raise ``ValueError`` at sampling time after a bounded
+    ``ValueError`` here (:func:`ijepa.mask_geometry.geometry_problem` decides, the same check the config runs at
+    load time); configs that fail by bad luck raise ``ValueError`` at sampling time after a bounded
     number of retries (default mode) or where the reference would loop forever (reference mode).
     """
 
@@ -123,14 +123,9 @@ class MultiBlockMaskSampler:
         self.height, self.width = height, width
         self.num_patches = height * width
         self._words = -(-width // _WORD)
-        if self.cfg.min_keep > self.num_patches:
-            raise ValueError(
-                f"min_keep={self.cfg.min_keep} exceeds the {height}x{width} grid's {self.num_patches} patches"
-            )
-        if self.cfg.mode == "reference":
-            self._check_reference_geometry()
-        else:
-            self._check_default_geometry()
+        problem = geometry_problem(height, width, self.cfg)
+        if problem is not None:
+            raise ValueError(problem.message)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(grid_size=({self.height}, {self.width}), cfg={self.cfg!r})"
@@ -151,56 +146,12 @@ class MultiBlockMaskSampler:
     # ------------------------------------------------------------------ default (corrected) mode
 
     def _block_hw(self, scale: torch.Tensor, aspect: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block height/width for scale s and aspect a: h·w ≈ s·N, h/w ≈ a, clamped to the grid."""
+        """Block height/width for scale s and aspect a: h·w ≈ s·N, h/w ≈ a, clamped to the grid (the formula of
+        ``mask_geometry.default_block_sizes``, which decides whether a config can work)."""
         area = scale * self.num_patches
         h = torch.sqrt(area * aspect).round().long().clamp(1, self.height)
         w = torch.sqrt(area / aspect).round().long().clamp(1, self.width)
         return h, w
-
-    def _check_default_geometry(self) -> None:
-        """Raise if some draw of block sizes leaves no valid placement at all.
-
-        Sizes are drawn once per batch, so such a draw would fail whatever the re-draws of positions, at a
-        random step of a long run; better to refuse the config now. Bad luck in placement (several targets
-        covering the context) is left to the sampler's bounded retries. Evaluated on a fine grid of the
-        scale/aspect draws, in NumPy: this runs once on tiny arrays, where torch's per-op threading overhead
-        dominates on a busy machine.
-        """
-        cfg = self.cfg
-        u = np.linspace(0.0, 1.0, _GRID_POINTS)
-        ctx = self._unique_hw_np(_lerp(cfg.enc_mask_scale, u), np.ones_like(u))
-        ctx_area = ctx[:, 0] * ctx[:, 1]
-        if int(ctx_area.min()) < cfg.min_keep:
-            raise ValueError(
-                f"enc_mask_scale={cfg.enc_mask_scale} gives context blocks as small as {int(ctx_area.min())} "
-                f"patches on a {self.height}x{self.width} grid, fewer than min_keep={cfg.min_keep}"
-            )
-        if cfg.allow_overlap:
-            return
-        s, a = np.meshgrid(_lerp(cfg.pred_mask_scale, u), _lerp(cfg.aspect_ratio, u), indexing="ij")
-        tgt = self._unique_hw_np(s.ravel(), a.ravel())
-        # A target and the context must overlap by at least this much, wherever they land; the context keeps
-        # at most its area minus that (all targets piled on the least harmful spot).
-        over_h = np.maximum(tgt[None, :, 0] + ctx[:, None, 0] - self.height, 0)
-        over_w = np.maximum(tgt[None, :, 1] + ctx[:, None, 1] - self.width, 0)
-        best_keep = ctx_area[:, None] - over_h * over_w  # (contexts, targets)
-        i, j = np.unravel_index(np.argmin(best_keep), best_keep.shape)
-        if int(best_keep[i, j]) < cfg.min_keep:
-            raise ValueError(
-                f"a {tgt[j, 0]}x{tgt[j, 1]} target block (pred_mask_scale={cfg.pred_mask_scale}, "
-                f"aspect_ratio={cfg.aspect_ratio}) leaves a {ctx[i, 0]}x{ctx[i, 1]} context block "
-                f"(enc_mask_scale={cfg.enc_mask_scale}) at most {int(best_keep[i, j])} patches of the "
-                f"{self.height}x{self.width} grid, fewer than min_keep={cfg.min_keep}; lower min_keep or the "
-                "target scale, or set allow_overlap=True"
-            )
-
-    def _unique_hw_np(self, scale: np.ndarray, aspect: np.ndarray) -> np.ndarray:
-        """Distinct block sizes (K, 2) over arrays of draws; same formula as :meth:`_block_hw`."""
-        area = scale * self.num_patches
-        h = np.clip(np.round(np.sqrt(area * aspect)), 1, self.height).astype(np.int64)
-        w = np.clip(np.round(np.sqrt(area / aspect)), 1, self.width).astype(np.int64)
-        key = np.unique(h * (self.width + 1) + w)
-        return np.stack([key // (self.width + 1), key % (self.width + 1)], 1)
 
     # Geometry runs on bit-packed rows: each patch row is ``_WORD``-bit words of an int64, so a batch of
     # blocks is (B, K, H, words) instead of (B, K, H, W). Besides being ~W times smaller, that keeps tensors
@@ -328,44 +279,6 @@ class MultiBlockMaskSampler:
 
     # ------------------------------------------------------------------ reference mode
 
-    def _reference_size(
-        self, rand: float, scale: tuple[float, float], aspect: tuple[float, float]
-    ) -> tuple[int, int]:
-        """The reference's block size for its one uniform draw ``rand`` (shared by scale and aspect)."""
-        mask_scale = scale[0] + rand * (scale[1] - scale[0])
-        max_keep = int(self.height * self.width * mask_scale)
-        aspect_ratio = aspect[0] + rand * (aspect[1] - aspect[0])
-        h = int(round(math.sqrt(max_keep * aspect_ratio)))
-        w = int(round(math.sqrt(max_keep / aspect_ratio)))
-        # The reference decrements one at a time; min() is the same and cannot spin.
-        return min(h, self.height - 1), min(w, self.width - 1)
-
-    def _check_reference_geometry(self) -> None:
-        """Raise if some draw would make the reference's rejection loop spin forever (ijepa #68).
-
-        The reference accepts a block only with more than ``min_keep`` patches. Target blocks are never
-        constrained, and context blocks are eventually unconstrained, so a draw hangs exactly when a block's
-        h·w <= min_keep. Checked over a fine grid of the single shared draw; :meth:`_sample_reference`
-        re-checks the actual draw.
-        """
-        cfg = self.cfg
-        for name, scale, aspect in (
-            ("target", cfg.pred_mask_scale, cfg.aspect_ratio),
-            ("context", cfg.enc_mask_scale, (1.0, 1.0)),
-        ):
-            for i in range(_GRID_POINTS * 16):
-                h, w = self._reference_size(i / (_GRID_POINTS * 16), scale, aspect)
-                if h * w <= cfg.min_keep:
-                    raise ValueError(self._reference_hang_message(name, h, w))
-
-    def _reference_hang_message(self, name: str, h: int, w: int) -> str:
-        return (
-            f"mode='reference': a {name} block of {h}x{w}={max(h, 0) * max(w, 0)} patches on a "
-            f"{self.height}x{self.width} grid is not larger than min_keep={self.cfg.min_keep}; the reference "
-            "sampler would loop forever (facebookresearch/ijepa #68). Lower min_keep, raise the mask scales, "
-            "or use mode='default'"
-        )
-
     def _reference_place(
         self, h: int, w: int, regions: torch.Tensor | None, g: torch.Generator
     ) -> tuple[torch.Tensor, int, int]:
@@ -396,14 +309,16 @@ class MultiBlockMaskSampler:
         self, batch_size: int, g: torch.Generator
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cfg = self.cfg
-        p_h, p_w = self._reference_size(
-            torch.rand(1, generator=g).item(), cfg.pred_mask_scale, cfg.aspect_ratio
+        p_h, p_w = reference_block_size(
+            self.height, self.width, torch.rand(1, generator=g).item(), cfg.pred_mask_scale, cfg.aspect_ratio
         )
-        e_h, e_w = self._reference_size(torch.rand(1, generator=g).item(), cfg.enc_mask_scale, (1.0, 1.0))
+        e_h, e_w = reference_block_size(
+            self.height, self.width, torch.rand(1, generator=g).item(), cfg.enc_mask_scale, (1.0, 1.0)
+        )
         # Construction checked a grid of draws; this catches a draw between grid points before it can hang.
         for name, h, w in (("target", p_h, p_w), ("context", e_h, e_w)):
             if h * w <= cfg.min_keep:
-                raise ValueError(self._reference_hang_message(name, h, w))
+                raise ValueError(reference_hang_message(name, h, w, self.height, self.width, cfg.min_keep))
 
         dr = torch.arange(p_h)[:, None] * self.width
         dc = torch.arange(p_w)[None, :]
@@ -448,6 +363,6 @@ def _popcount(x: torch.Tensor) -> torch.Tensor:
     return x & 0x7F
 
 
-def _lerp(bounds: tuple[float, float], u: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Map uniform draws in [0, 1) onto [low, high] (tensor or array in, same out)."""
+def _lerp(bounds: tuple[float, float], u: torch.Tensor) -> torch.Tensor:
+    """Map uniform draws in [0, 1) onto [low, high]."""
     return bounds[0] + u * (bounds[1] - bounds[0])

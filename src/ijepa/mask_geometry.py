@@ -1,0 +1,135 @@
+"""Whether a mask configuration can work on a patch grid at all, decided before anything is built.
+
+Pure NumPy on tiny arrays, no torch: the config validates with it (an impossible geometry is a config error at
+load time, naming the keys) and the sampler (``ijepa.masks``) calls the same function when it is constructed, so
+the two can never disagree. Sizes follow the sampler's formulas exactly (``MultiBlockMaskSampler._block_hw`` for
+the default mode, the reference's own for ``mode="reference"``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+__all__ = ["GeometryProblem", "MaskGeometry", "geometry_problem", "reference_block_size",
+           "reference_hang_message"]
+
+# Resolution of the draw grids: sizes are drawn from continuous ranges, so the check walks a fine grid of draws.
+GRID_POINTS = 257
+
+
+class MaskGeometry(Protocol):
+    """The fields the check reads (``ijepa.masks.MaskConfig`` and the config's mask section both have them)."""
+
+    mode: str
+    enc_mask_scale: tuple[float, float]
+    pred_mask_scale: tuple[float, float]
+    aspect_ratio: tuple[float, float]
+    min_keep: int
+    allow_overlap: bool
+
+
+class GeometryProblem(NamedTuple):
+    """Why a geometry can never give valid masks, and the mask keys that decide it (bare names, no section)."""
+
+    message: str
+    keys: tuple[str, ...]
+
+
+def geometry_problem(height: int, width: int, cfg: MaskGeometry) -> GeometryProblem | None:
+    """``None`` when ``cfg`` can give valid masks on a ``height`` x ``width`` grid; else what goes wrong.
+
+    Default mode: some draw of block sizes leaves no valid placement at all (sizes are drawn once per batch, so
+    such a draw would fail whatever the re-draws of positions, at a random step of a long run). Bad luck in
+    placement is left to the sampler's bounded retries. Reference mode: some draw would make the reference's
+    rejection loop spin forever (facebookresearch/ijepa #68).
+    """
+    n = height * width
+    if cfg.min_keep > n:
+        return GeometryProblem(f"min_keep={cfg.min_keep} exceeds the {height}x{width} grid's {n} patches",
+                               ("min_keep",))
+    if cfg.mode == "reference":
+        return _reference_problem(height, width, cfg)
+    return _default_problem(height, width, cfg)
+
+
+def _lerp(bounds: tuple[float, float], u: np.ndarray) -> np.ndarray:
+    return bounds[0] + u * (bounds[1] - bounds[0])
+
+
+def default_block_sizes(height: int, width: int, scale: np.ndarray, aspect: np.ndarray) -> np.ndarray:
+    """Distinct default-mode block sizes ``(K, 2)`` (rows ``h, w``) over arrays of scale and aspect draws:
+    h·w ≈ s·N, h/w ≈ a, clamped to the grid (the formula of the sampler's ``_block_hw``)."""
+    area = scale * height * width
+    h = np.clip(np.round(np.sqrt(area * aspect)), 1, height).astype(np.int64)
+    w = np.clip(np.round(np.sqrt(area / aspect)), 1, width).astype(np.int64)
+    key = np.unique(h * (width + 1) + w)
+    return np.stack([key // (width + 1), key % (width + 1)], 1)
+
+
+def _default_problem(height: int, width: int, cfg: MaskGeometry) -> GeometryProblem | None:
+    u = np.linspace(0.0, 1.0, GRID_POINTS)
+    ctx = default_block_sizes(height, width, _lerp(cfg.enc_mask_scale, u), np.ones_like(u))
+    ctx_area = ctx[:, 0] * ctx[:, 1]
+    if int(ctx_area.min()) < cfg.min_keep:
+        return GeometryProblem(
+            f"enc_mask_scale={tuple(cfg.enc_mask_scale)} gives context blocks as small as {int(ctx_area.min())} "
+            f"patches on a {height}x{width} grid, fewer than min_keep={cfg.min_keep}",
+            ("enc_mask_scale", "min_keep"))
+    if cfg.allow_overlap:
+        return None
+    s, a = np.meshgrid(_lerp(cfg.pred_mask_scale, u), _lerp(cfg.aspect_ratio, u), indexing="ij")
+    tgt = default_block_sizes(height, width, s.ravel(), a.ravel())
+    # A target and the context must overlap by at least this much, wherever they land; the context keeps at
+    # most its area minus that (all targets piled on the least harmful spot).
+    over_h = np.maximum(tgt[None, :, 0] + ctx[:, None, 0] - height, 0)
+    over_w = np.maximum(tgt[None, :, 1] + ctx[:, None, 1] - width, 0)
+    best_keep = ctx_area[:, None] - over_h * over_w  # (contexts, targets)
+    i, j = np.unravel_index(np.argmin(best_keep), best_keep.shape)
+    if int(best_keep[i, j]) >= cfg.min_keep:
+        return None
+    return GeometryProblem(
+        f"a {tgt[j, 0]}x{tgt[j, 1]} target block (pred_mask_scale={tuple(cfg.pred_mask_scale)}, "
+        f"aspect_ratio={tuple(cfg.aspect_ratio)}) leaves a {ctx[i, 0]}x{ctx[i, 1]} context block "
+        f"(enc_mask_scale={tuple(cfg.enc_mask_scale)}) at most {int(best_keep[i, j])} patches of the "
+        f"{height}x{width} grid, fewer than min_keep={cfg.min_keep}; lower min_keep or the target scale, or set "
+        "allow_overlap=True",
+        ("pred_mask_scale", "enc_mask_scale", "min_keep"))
+
+
+def reference_block_size(height: int, width: int, rand: float, scale: tuple[float, float],
+                         aspect: tuple[float, float]) -> tuple[int, int]:
+    """The reference's block size for its one uniform draw ``rand`` (shared by scale and aspect)."""
+    mask_scale = scale[0] + rand * (scale[1] - scale[0])
+    max_keep = int(height * width * mask_scale)
+    aspect_ratio = aspect[0] + rand * (aspect[1] - aspect[0])
+    h = int(round(math.sqrt(max_keep * aspect_ratio)))
+    w = int(round(math.sqrt(max_keep / aspect_ratio)))
+    # The reference decrements one at a time; min() is the same and cannot spin.
+    return min(h, height - 1), min(w, width - 1)
+
+
+def reference_hang_message(name: str, h: int, w: int, height: int, width: int, min_keep: int) -> str:
+    return (
+        f"mode='reference': a {name} block of {h}x{w}={max(h, 0) * max(w, 0)} patches on a {height}x{width} grid "
+        f"is not larger than min_keep={min_keep}; the reference sampler would loop forever "
+        "(facebookresearch/ijepa #68). Lower min_keep, raise the mask scales, or use mode='default'"
+    )
+
+
+def _reference_problem(height: int, width: int, cfg: MaskGeometry) -> GeometryProblem | None:
+    """The reference accepts a block only with more than ``min_keep`` patches. Target blocks are never
+    constrained, and context blocks are eventually unconstrained, so a draw hangs exactly when a block's
+    h·w <= min_keep; checked over a fine grid of the single shared draw (the sampler re-checks each draw)."""
+    for name, scale, aspect, keys in (
+        ("target", cfg.pred_mask_scale, cfg.aspect_ratio, ("pred_mask_scale", "aspect_ratio", "min_keep")),
+        ("context", cfg.enc_mask_scale, (1.0, 1.0), ("enc_mask_scale", "min_keep")),
+    ):
+        steps = GRID_POINTS * 16
+        for i in range(steps):
+            h, w = reference_block_size(height, width, i / steps, scale, aspect)
+            if h * w <= cfg.min_keep:
+                return GeometryProblem(reference_hang_message(name, h, w, height, width, cfg.min_keep), keys)
+    return None
