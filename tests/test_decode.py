@@ -7,8 +7,18 @@ import warnings
 import zlib
 
 import pytest
+import torch
 from PIL import Image
+from torch.utils.data import Subset
 
+from ijepa.data.datasets import (
+    FlatImageFolder,
+    ImageFolderDataset,
+    TensorImageDataset,
+    dataset_info,
+    read_sample,
+    sample_source,
+)
 from ijepa.data.decode import DEFAULT_MAX_PIXELS, SkipTally, Unreadable, decode_image
 
 
@@ -106,3 +116,42 @@ def test_skip_tally_counts_distinct_files_and_occurrences():
     many = SkipTally()
     many.add([Unreadable(f"f{i}", "r") for i in range(8)])
     assert many.line(shown=2) == "skipped 8 unreadable files: f0, f1 and 6 more"
+
+
+def _folder(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "a" / "red.png")
+    (root / "a" / "zz_bad.png").write_bytes(b"junk")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(root / "b" / "blue.png")
+    Image.new("RGB", (120, 100), (0, 255, 0)).save(root / "b" / "wide.jpg")
+    return root
+
+
+def test_folder_datasets_name_each_sample_and_say_why_one_is_unusable(tmp_path):
+    root = _folder(tmp_path)
+    ds = ImageFolderDataset(root)
+    assert [ds.source(i) for i in range(len(ds))] == ["a/red.png", "a/zz_bad.png", "b/blue.png", "b/wide.jpg"]
+    with pytest.warns(RuntimeWarning, match="zz_bad.png"):
+        bad = ds.read(1)
+    assert bad == Unreadable("a/zz_bad.png", bad.reason) and "UnidentifiedImageError" in bad.reason
+    assert ds[1] is None  # the DataLoader contract stays: None for an unusable file
+    sub = Subset(Subset(ds, [3, 2, 1]), [2, 0])
+    assert [sample_source(sub, i) for i in range(2)] == ["a/zz_bad.png", "b/wide.jpg"]
+    assert isinstance(read_sample(sub, 0), Unreadable) and read_sample(sub, 1)[1] == 1
+    assert dataset_info(sub) == {"root": str(root), "classes": ["a", "b"]}
+    # the pixel limit and the JPEG draft size reach the decoder
+    small = FlatImageFolder(root, max_pixels=100, draft_size=30)
+    with pytest.warns(RuntimeWarning):
+        items = [small.read(i) for i in range(len(small))]
+    wide = items[[small.source(i) for i in range(len(small))].index("b/wide.jpg")]
+    assert isinstance(wide, Unreadable) and "above the limit of 100" in wide.reason
+    drafted = FlatImageFolder(root, draft_size=30).read(3)[0]
+    assert drafted.size == (60, 50)  # 1/2 scale: both sides stay >= 30
+
+
+def test_in_memory_samples_are_named_by_index():
+    ds = TensorImageDataset(torch.zeros(5, 4, 4, dtype=torch.uint8), torch.arange(5))
+    assert [sample_source(ds, i) for i in range(5)] == [0, 1, 2, 3, 4]
+    assert read_sample(ds, 2)[1] == 2 and dataset_info(ds)["root"] is None

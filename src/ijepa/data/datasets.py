@@ -3,7 +3,10 @@
 A single unreadable JPEG among a million must not kill a multi-day pretraining run, so
 ``__getitem__`` of the folder datasets returns ``None`` for such a file instead of raising, and
 :func:`collate_skip_corrupt` drops those entries and reports how many it dropped; the training loop
-decides whether the count is worth alarming about.
+decides whether the count is worth alarming about. ``read(i)`` returns the same item, or an
+:class:`~ijepa.data.decode.Unreadable` saying which file and why, and ``source(i)`` names sample ``i``'s file
+(relative to the root): what extraction records for every row. Decoding follows :mod:`ijepa.data.decode`
+(a pixel limit, JPEG draft decoding).
 """
 
 from __future__ import annotations
@@ -16,17 +19,15 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate
+
+from .decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, Unreadable, decode_image
 
 logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
-# Everything PIL raises for a file that is not a decodable image: UnidentifiedImageError and
-# "image file is truncated" are OSErrors; some decoders raise ValueError, SyntaxError or EOFError.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
-)
+_DECODE_ERRORS = DECODE_ERRORS  # the shard reader's name for them
 
 Sample = tuple[Any, int]
 
@@ -59,13 +60,20 @@ def _require_dir(root: str | os.PathLike, what: str) -> str:
 
 
 class _FileImageDataset(Dataset):
-    """Shared loading for datasets backed by a list of ``(path, label)`` pairs."""
+    """Shared loading for datasets backed by a list of ``(path, label)`` pairs under ``root``.
+
+    ``max_pixels``: images above it are skipped unread (``None``: no limit). ``draft_size``: JPEGs decode at the
+    smallest 1/2^k scale keeping both sides at least this (``None``: full size); see :mod:`ijepa.data.decode`."""
 
     samples: list[tuple[str, int]]
+    root: str
 
-    def __init__(self, transform: Callable[[Image.Image], Any] | None = None, mode: str = "RGB") -> None:
+    def __init__(self, transform: Callable[[Image.Image], Any] | None = None, mode: str = "RGB", *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> None:
         self.transform = transform
         self.mode = mode
+        self.max_pixels = max_pixels
+        self.draft_size = draft_size
         # Per process: DataLoader workers each hold a copy, so a bad file may be reported once per
         # worker; the collate count remains the authoritative tally.
         self._warned: set[str] = set()
@@ -73,30 +81,29 @@ class _FileImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load_image(self, path: str) -> Image.Image | None:
-        """Decode ``path`` fully into ``self.mode``, or return ``None`` (with a warning) if it is corrupt."""
-        try:
-            with Image.open(path) as img:
-                # convert() forces the full decode, so truncation surfaces here rather than later
-                # inside the transform where it could not be told apart from a real bug.
-                return img.convert(self.mode)
-        except _DECODE_ERRORS as e:
+    def source(self, index: int) -> str:
+        """Sample ``index``'s file, relative to the dataset's root (``/``-separated on every system)."""
+        return os.path.relpath(self.samples[index][0], self.root).replace(os.sep, "/")
+
+    def read(self, index: int) -> Sample | Unreadable:
+        """``(image, label)``, or an :class:`Unreadable` (with a warning, once per file) if it cannot be used."""
+        path, label = self.samples[index]
+        img = decode_image(path, self.mode, source=self.source(index), max_pixels=self.max_pixels,
+                           draft_size=self.draft_size)
+        if isinstance(img, Unreadable):
             if path not in self._warned:
                 self._warned.add(path)
                 # warnings rather than logging: filterable by category, testable, and routed into
                 # logs by logging.captureWarnings() where a run wants that.
-                warnings.warn(f"Skipping unreadable image {path}: {type(e).__name__}: {e}",
-                              CorruptImageWarning, stacklevel=2)
-            return None
-
-    def __getitem__(self, index: int) -> Sample | None:
-        path, label = self.samples[index]
-        img = self.load_image(path)
-        if img is None:
-            return None
+                warnings.warn(f"Skipping unreadable image {path}: {img.reason}", CorruptImageWarning, stacklevel=2)
+            return img
         if self.transform is not None:
             img = self.transform(img)
         return img, label
+
+    def __getitem__(self, index: int) -> Sample | None:
+        item = self.read(index)
+        return None if isinstance(item, Unreadable) else item
 
 
 class ImageFolderDataset(_FileImageDataset):
@@ -109,8 +116,8 @@ class ImageFolderDataset(_FileImageDataset):
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
-                 mode: str = "RGB") -> None:
-        super().__init__(transform, mode)
+                 mode: str = "RGB", **decode: Any) -> None:
+        super().__init__(transform, mode, **decode)
         self.root = _require_dir(root, "one sub-folder of images per class")
         with os.scandir(self.root) as it:
             self.classes = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
@@ -138,8 +145,8 @@ class FlatImageFolder(_FileImageDataset):
     """Every image under ``root`` (recursive, sorted), unlabelled: the label is always -1."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
-                 mode: str = "RGB") -> None:
-        super().__init__(transform, mode)
+                 mode: str = "RGB", **decode: Any) -> None:
+        super().__init__(transform, mode, **decode)
         self.root = _require_dir(root, "a folder containing images")
         self.samples = [(f, -1) for f in _scan_images(self.root)]
         if not self.samples:
@@ -184,14 +191,14 @@ class TensorImageDataset(Dataset):
         return img, int(self.labels[index])
 
 
-def collate_skip_corrupt(batch: Sequence[Sample | None]
+def collate_skip_corrupt(batch: Sequence[Sample | Unreadable | None]
                          ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    """Collate ``(image, label)`` items, dropping ``None`` (corrupt) ones.
+    """Collate ``(image, label)`` items, dropping ``None`` and :class:`Unreadable` (corrupt) ones.
 
     Returns ``(images, labels, n_skipped)``; ``(None, None, n_skipped)`` when every item was corrupt.
     The batch is therefore smaller than ``batch_size`` whenever something was skipped.
     """
-    kept = [item for item in batch if item is not None]
+    kept = [item for item in batch if item is not None and not isinstance(item, Unreadable)]
     n_skipped = len(batch) - len(kept)
     if not kept:
         return None, None, n_skipped
@@ -199,3 +206,39 @@ def collate_skip_corrupt(batch: Sequence[Sample | None]
     # memory, saving a copy when the batch is sent to the main process.
     images, labels = default_collate(kept)
     return images, labels, n_skipped
+
+
+# ------------------------------------------------------------------------------- provenance through wrappers
+
+
+def _unwrap(dataset: Any, index: int) -> tuple[Any, int]:
+    """The innermost dataset and index behind (possibly nested) ``Subset`` wrappers."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    return dataset, index
+
+
+def sample_source(dataset: Any, index: int) -> str | int:
+    """What item ``index`` of ``dataset`` is: its file relative to the root for the folder datasets, else the
+    index into the underlying in-memory data (through ``Subset`` wrappers)."""
+    inner, i = _unwrap(dataset, index)
+    return inner.source(i) if hasattr(inner, "source") else i
+
+
+def read_sample(dataset: Any, index: int) -> Any:
+    """Item ``index``, with an :class:`Unreadable` (naming the file, saying why) in place of ``None``."""
+    inner, i = _unwrap(dataset, index)
+    item = inner.read(i) if hasattr(inner, "read") else dataset[index]
+    if item is None:
+        return Unreadable(str(sample_source(dataset, index)), "unreadable")
+    return item
+
+
+def dataset_info(dataset: Any) -> dict[str, Any]:
+    """``root`` and ``classes`` of the dataset behind any ``Subset`` wrappers (``None`` where it has none)."""
+    inner = dataset
+    while isinstance(inner, Subset):
+        inner = inner.dataset
+    classes = getattr(inner, "classes", None)
+    root = getattr(inner, "root", None)
+    return {"root": None if root is None else os.fspath(root), "classes": None if classes is None else list(classes)}
