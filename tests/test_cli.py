@@ -42,6 +42,23 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_any_ijepa_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "nothing.pth.tar"
+    assert main(["convert", str(missing), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ijepa: checkpoint error: no checkpoint at {missing}: the path does not exist")
+    assert len(err.strip().splitlines()) == 1
+
+    import ijepa.interop
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not the user's to fix")
+
+    monkeypatch.setattr(ijepa.interop, "convert", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["convert", str(missing), str(tmp_path / "out")])
+
+
 @pytest.mark.slow
 def test_train_then_eval_extract_and_convert(tmp_path, capsys):
     run = tmp_path / "run"

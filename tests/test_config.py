@@ -155,3 +155,27 @@ def test_encoder_shape_keys_override_the_size_and_survive_a_checkpoint(tmp_path)
     assert (back.embed_dim, back.depth, back.num_heads, back.mlp_ratio) == (512, 2, 4, 2.0)
     x = torch.randn(2, 1, 28, 28)
     assert torch.allclose(back.eval()(x), tgt.eval()(x))
+
+
+def test_config_module_stays_torch_free():
+    import subprocess
+    import sys
+    code = "import sys, ijepa.config; ijepa.config.load_config(); assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_mask_section_is_the_samplers_config():
+    from ijepa.config import MaskConfig
+    from ijepa.masks import MaskConfig as SamplerConfig
+    from ijepa.masks import MultiBlockMaskSampler
+
+    cfg = load_config(None, ["mask.min_keep=4", "mask.pred_mask_scale=[0.1,0.2]"])
+    assert SamplerConfig is MaskConfig and type(cfg.mask) is MaskConfig
+    sampler = MultiBlockMaskSampler(cfg.data.crop_size // cfg.mask.patch_size, cfg.mask)
+    assert sampler.cfg == cfg.mask and sampler.cfg is not cfg.mask  # the sampler keeps a private copy
+    # one set of rules, whichever way the config is made
+    with pytest.raises(ConfigError, match=r"mask\.pred_mask_scale: expected \[min, max\] with 0\.0 < min"):
+        load_config(None, ["mask.pred_mask_scale=[0.0,0.2]"])
+    with pytest.raises(ConfigError, match=r"mask\.pred_mask_scale: expected \[min, max\] with 0\.0 < min"):
+        MaskConfig(pred_mask_scale=(0.0, 0.2))

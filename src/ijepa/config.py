@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .io import atomic_write_text
 from .mask_geometry import geometry_problem
 
 # (width, heads) of each encoder size: models/vit.py's VIT_SIZES, repeated so this module stays torch-free
@@ -129,7 +131,13 @@ class DataConfig:
 
 
 @dataclass
-class MaskSection:
+class MaskConfig:
+    """The ``mask`` section and the sampler's own config (``ijepa.masks.MultiBlockMaskSampler``): one type.
+
+    Scales are fractions of the whole grid; ``aspect_ratio`` (height / width) applies to target blocks only, the
+    context block is square as in the reference. Built from Python or YAML alike, it is checked on construction
+    (lists are accepted and stored as tuples); a bad value is a :class:`ConfigError` naming the key."""
+
     mode: Literal["default", "reference"] = _f(
         "default", "default: the corrected sampler (whole-grid placement, independent scale/aspect draws, random "
                    "subsampling to equal lengths, per-rank seeds); reference: the reference's sampler, exactly")
@@ -139,14 +147,22 @@ class MaskSection:
     enc_mask_scale: tuple[float, float] = _f((0.85, 1.0), "context block area range (fraction of the grid)")
     pred_mask_scale: tuple[float, float] = _f((0.15, 0.2), "target block area range")
     aspect_ratio: tuple[float, float] = _f((0.75, 1.5), "target block aspect ratio range (h/w)")
-    min_keep: int = _f(10, "fewest patches a context mask may keep")
+    min_keep: int = _f(10, "fewest patches a context mask may keep after the targets are removed from it")
     allow_overlap: bool = _f(False, "let target patches stay in the context (off in the paper)")
 
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f"mask.{f.name}", getattr(self, f.name), hints[f.name]))
+        self.check()
+
     def check(self) -> None:
-        _positive("mask", self, "patch_size", "num_enc_masks", "num_pred_masks", "min_keep")
-        _range_pair("mask.enc_mask_scale", self.enc_mask_scale, 0.0, 1.0)
-        _range_pair("mask.pred_mask_scale", self.pred_mask_scale, 0.0, 1.0)
-        _range_pair("mask.aspect_ratio", self.aspect_ratio, 0.0, float("inf"))
+        _positive("mask", self, "patch_size", "num_enc_masks", "num_pred_masks")
+        if self.min_keep < 0:
+            raise ConfigError(f"mask.min_keep must be >= 0, got {self.min_keep}")
+        _range_pair("mask.enc_mask_scale", self.enc_mask_scale, 0.0, 1.0, lo_open=True)
+        _range_pair("mask.pred_mask_scale", self.pred_mask_scale, 0.0, 1.0, lo_open=True)
+        _range_pair("mask.aspect_ratio", self.aspect_ratio, 0.0, math.inf, lo_open=True)
 
 
 @dataclass
@@ -174,7 +190,7 @@ class OptimizationConfig:
         if self.warmup > self.epochs * self.ipe_scale:
             raise ConfigError(f"optimization.warmup ({self.warmup}) is longer than the run "
                               f"({self.epochs} epochs × ipe_scale {self.ipe_scale})")
-        _range_pair("optimization.ema", self.ema, 0.0, 1.0, allow_equal=True)
+        _range_pair("optimization.ema", self.ema, 0.0, 1.0)
         for b in self.betas:
             _in_range("optimization.betas", b, 0.0, 1.0, hi_open=True)
 
@@ -232,7 +248,7 @@ class LoggingConfig:
 class Config:
     meta: MetaConfig = field(default_factory=MetaConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    mask: MaskSection = field(default_factory=MaskSection)
+    mask: MaskConfig = field(default_factory=MaskConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -269,10 +285,11 @@ def _in_range(key: str, v: float, lo: float, hi: float, hi_open: bool = False) -
         raise ConfigError(f"{key}: {v} is outside [{lo}, {hi}{')' if hi_open else ']'}")
 
 
-def _range_pair(key: str, pair: tuple[float, float], lo: float, hi: float, allow_equal: bool = True) -> None:
+def _range_pair(key: str, pair: tuple[float, float], lo: float, hi: float, lo_open: bool = False) -> None:
     a, b = pair
-    if not (lo <= a <= b <= hi) or (a == b and not allow_equal) or (a == 0 and lo == 0 and b == 0):
-        raise ConfigError(f"{key}: expected [min, max] with {lo} <= min <= max <= {hi}, got {list(pair)}")
+    if not (lo <= a <= b <= hi) or not math.isfinite(b) or (a == 0 and lo == 0 and b == 0) or (lo_open and a == lo):
+        raise ConfigError(f"{key}: expected [min, max] with {lo} {'<' if lo_open else '<='} min <= max "
+                          f"{'<' if math.isinf(hi) else '<='} {hi}, got {list(pair)}")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -439,7 +456,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def describe() -> str:

@@ -16,11 +16,12 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import CheckpointNotFoundError, CheckpointReadError, UnsafeCheckpointError, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "existing", "read_json",
            "read_safetensors", "read_torch", "save_torch", "write_safetensors"]
@@ -72,6 +73,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_open`."""
+    import torch  # here, not at the top: torch-free modules (config.py) write their files through this one
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
@@ -98,6 +100,7 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     Zip-format files are memory-mapped, so reading one encoder out of a 10 GB reference checkpoint does not
     load the optimizer state into memory."""
+    import torch
     p = existing(path)
     if p.is_dir():
         raise CheckpointReadError(f"cannot read {p}: it is a folder, not a PyTorch file")

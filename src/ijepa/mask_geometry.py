@@ -21,7 +21,7 @@ GRID_POINTS = 257
 
 
 class MaskGeometry(Protocol):
-    """The fields the check reads (``ijepa.masks.MaskConfig`` and the config's mask section both have them)."""
+    """The fields the check reads (those of ``ijepa.config.MaskConfig``, the mask section and the sampler's config)."""
 
     mode: str
     enc_mask_scale: tuple[float, float]

@@ -29,17 +29,15 @@ step), which gives exact resume and per-rank geometry.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from .config import MaskConfig
 from .mask_geometry import geometry_problem, reference_block_size, reference_hang_message
 
 __all__ = ["MaskConfig", "MultiBlockMaskSampler"]
 
-_MODES = ("default", "reference")
 # Re-draws of the failing images' positions before giving up (default mode). Workable configs need a redraw
 # for a small fraction of images, so failing 100 in a row means the config is hopeless, not unlucky.
 _MAX_TRIES = 100
@@ -49,54 +47,6 @@ _REF_TIMEOUT = 20
 _SERIAL_NUMEL = 16384
 # Bits used per int64 word of a packed patch row: every word stays non-negative and 1 << _WORD fits.
 _WORD = 62
-
-
-def _float_pair(name: str, value: object, *, upper: float | None) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"MaskConfig.{name} must be a pair of numbers (low, high), got {value!r}") from e
-    if not (0.0 < lo <= hi) or (upper is not None and hi > upper) or not math.isfinite(hi):
-        bound = f"0 < low <= high <= {upper}" if upper is not None else "0 < low <= high < inf"
-        raise ValueError(f"MaskConfig.{name} must satisfy {bound}, got {value!r}")
-    return (lo, hi)
-
-
-def _int_field(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"MaskConfig.{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-@dataclass
-class MaskConfig:
-    """Multi-block masking hyper-parameters (defaults: the reference's ImageNet recipe).
-
-    Scales are fractions of the whole grid; ``aspect_ratio`` (height / width) applies to target blocks only,
-    the context block is square as in the reference. ``min_keep`` is the least number of patches a context
-    mask must keep after the targets are removed from it. Lists (from YAML) are accepted, stored as tuples.
-    """
-
-    mode: str = "default"
-    num_enc_masks: int = 1
-    num_pred_masks: int = 4
-    enc_mask_scale: tuple[float, float] = (0.85, 1.0)
-    pred_mask_scale: tuple[float, float] = (0.15, 0.2)
-    aspect_ratio: tuple[float, float] = (0.75, 1.5)
-    min_keep: int = 10
-    allow_overlap: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise ValueError(f"MaskConfig.mode must be one of {_MODES}, got {self.mode!r}")
-        self.num_enc_masks = _int_field("num_enc_masks", self.num_enc_masks, 1)
-        self.num_pred_masks = _int_field("num_pred_masks", self.num_pred_masks, 1)
-        self.min_keep = _int_field("min_keep", self.min_keep, 0)
-        self.enc_mask_scale = _float_pair("enc_mask_scale", self.enc_mask_scale, upper=1.0)
-        self.pred_mask_scale = _float_pair("pred_mask_scale", self.pred_mask_scale, upper=1.0)
-        self.aspect_ratio = _float_pair("aspect_ratio", self.aspect_ratio, upper=None)
-        if not isinstance(self.allow_overlap, bool):
-            raise ValueError(f"MaskConfig.allow_overlap must be a bool, got {self.allow_overlap!r}")
 
 
 class MultiBlockMaskSampler:

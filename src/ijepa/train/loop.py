@@ -26,7 +26,7 @@ from torch.profiler import record_function
 from .. import __version__
 from ..config import Config, LossConfig, save_config
 from ..device import bf16_supported, resolve_device
-from ..masks import MaskConfig, MultiBlockMaskSampler
+from ..masks import MultiBlockMaskSampler
 from ..models import apply_masks, build_encoder, build_predictor
 from ..optim import param_groups, set_lr
 from . import distributed as D
@@ -240,11 +240,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     ipe = data.steps_per_epoch
     encoder, predictor, target = build_models(cfg, data.input_spec)
     grid = encoder.grid_size
-    mcfg = cfg.mask
-    mask_sampler = MultiBlockMaskSampler(grid, MaskConfig(
-        mode=mcfg.mode, num_enc_masks=mcfg.num_enc_masks, num_pred_masks=mcfg.num_pred_masks,
-        enc_mask_scale=mcfg.enc_mask_scale, pred_mask_scale=mcfg.pred_mask_scale, aspect_ratio=mcfg.aspect_ratio,
-        min_keep=mcfg.min_keep, allow_overlap=mcfg.allow_overlap))
+    mask_sampler = MultiBlockMaskSampler(grid, cfg.mask)
     if cfg.meta.grad_checkpointing:
         encoder.set_grad_checkpointing(True)
     encoder, predictor, target = encoder.to(device), predictor.to(device), target.to(device)

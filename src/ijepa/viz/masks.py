@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
-from ..masks import MaskConfig, MultiBlockMaskSampler
+from ..masks import MultiBlockMaskSampler
 
 # (colour, alpha) of each layer. The context tint is light so the image stays readable; targets are strong.
 CONTEXT_STYLE = ((0.20, 0.60, 1.00), 0.30)
@@ -200,10 +200,7 @@ def sampler_from_config(cfg: Config) -> MultiBlockMaskSampler:
     """The sampler exactly as ``ijepa train`` builds it from a config."""
     m = cfg.mask
     grid = cfg.data.crop_size // m.patch_size
-    return MultiBlockMaskSampler((grid, grid), MaskConfig(
-        mode=m.mode, num_enc_masks=m.num_enc_masks, num_pred_masks=m.num_pred_masks,
-        enc_mask_scale=m.enc_mask_scale, pred_mask_scale=m.pred_mask_scale, aspect_ratio=m.aspect_ratio,
-        min_keep=m.min_keep, allow_overlap=m.allow_overlap))
+    return MultiBlockMaskSampler((grid, grid), m)
 
 
 def training_images(cfg: Config, n: int, seed: int = 0) -> torch.Tensor:

@@ -17,6 +17,7 @@ image's context.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,9 +106,8 @@ def sample_boxes(grid: Sequence[int], n: int, seed: int = 0, mask_cfg: MaskConfi
     """``n`` target-sized boxes, as the training sampler draws target blocks (scale and aspect ratio from
     ``mask_cfg``, the recipe's defaults otherwise), one independent draw per image."""
     cfg = mask_cfg or MaskConfig()
-    one = MaskConfig(mode="default", num_enc_masks=1, num_pred_masks=1, enc_mask_scale=cfg.enc_mask_scale,
-                     pred_mask_scale=cfg.pred_mask_scale, aspect_ratio=cfg.aspect_ratio,
-                     min_keep=min(cfg.min_keep, 1), allow_overlap=False)
+    one = dataclasses.replace(cfg, mode="default", num_enc_masks=1, num_pred_masks=1,
+                              min_keep=min(cfg.min_keep, 1), allow_overlap=False)
     sampler = MultiBlockMaskSampler(tuple(int(v) for v in grid), one)
     gw = int(grid[1])
     boxes = []
@@ -126,10 +126,7 @@ def mask_config_of(model: str | os.PathLike) -> MaskConfig | None:
         return None
     from ..config import load_config
 
-    m = load_config(str(cfg_path)).mask
-    return MaskConfig(mode=m.mode, num_enc_masks=m.num_enc_masks, num_pred_masks=m.num_pred_masks,
-                      enc_mask_scale=m.enc_mask_scale, pred_mask_scale=m.pred_mask_scale,
-                      aspect_ratio=m.aspect_ratio, min_keep=m.min_keep, allow_overlap=m.allow_overlap)
+    return load_config(str(cfg_path)).mask
 
 
 # -------------------------------------------------------------------------------------------------- prediction
