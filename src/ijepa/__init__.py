@@ -1,7 +1,7 @@
 """I-JEPA: Image-based Joint-Embedding Predictive Architecture (Assran et al., CVPR 2023).
 
-Public API: ``build_encoder``, ``build_predictor``, ``load``, ``convert``, ``load_config``, ``train``. Imported
-lazily, so ``import ijepa`` (and the ``ijepa`` command's help) stays fast and torch-free until a model is needed.
+Public API: ``build_encoder``, ``build_predictor``, ``load``, ``convert``, ``export``, ``load_config``, ``train``.
+Imported lazily, so ``import ijepa`` stays fast and torch-free until a model is needed.
 """
 
 __version__ = "0.1.0"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from .config import DEFAULT_CONFIG, available_configs, describe, load_config
 from .errors import IJepaError
@@ -26,7 +29,8 @@ distributed:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train.loop import train  # torch is imported only by the commands that need it
+    # Each command imports what it runs here, not at the top: building the parser (`ijepa --help`) stays light.
+    from .train.loop import train
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or cfg.logging.folder or f"runs/{Path(args.config or DEFAULT_CONFIG).stem}"
@@ -38,7 +42,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _is_rank0() -> bool:
-    import os
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
 
 
@@ -49,7 +52,6 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(available_configs()))
         return 0
-    import yaml
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ijepa", description="I-JEPA: pretrain, load published checkpoints, evaluate and visualise.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="pretrain an encoder (CPU default: Fashion-MNIST, ~14 minutes on 2 cores)",
+    t = sub.add_parser("train", help="pretrain an encoder (CPU default: Fashion-MNIST, within 15 minutes on 2 cores)",
                        description="Pretrain an I-JEPA encoder. Everything a run writes goes under --out: the "
                                    "resolved config.yaml, log.csv (one row per step), monitor.csv (collapse "
                                    "checks), summary.json and checkpoints (<tag>-latest.pth.tar, <tag>-epN.pth.tar)."
