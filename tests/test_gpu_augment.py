@@ -18,6 +18,7 @@ from ijepa.data.gpu_augment import (
     DecodeShrink,
     adjust_hue,
     blur_subset,
+    default_max_size,
     jitter,
     sample_crop_boxes,
     shrink,
@@ -115,6 +116,14 @@ def test_decode_shrink_bounds_the_longer_side_and_replicates_edges():
     assert torch.equal(canvas[:, :100, 60:], small[:, :, 59:].expand(-1, -1, 388))
     gray, _ = DecodeShrink(64, in_chans=1)(TF.to_pil_image(small))
     assert gray.shape == (1, 64, 64)
+    from_pil, size_pil = DecodeShrink(448)(TF.to_pil_image(img))  # PIL's resize and torchvision's: one result
+    assert size_pil.tolist() == [336, 448]
+    assert (from_pil.float() - canvas_of(img, 448).float()).abs().mean() < 2.0
+    assert default_max_size(224) == 512 and DecodeShrink(512)(img)[1].tolist() == [375, 500]  # ImageNet-size: kept
+
+
+def canvas_of(img, max_size):
+    return DecodeShrink(max_size)(img)[0]
 
 
 def test_crop_of_an_upscaled_box_equals_torchvisions_resized_crop():

@@ -44,10 +44,11 @@ RRC_TRIES = 10  # torchvision's RandomResizedCrop draws at most this many boxes 
 
 
 def default_max_size(crop_size: int) -> int:
-    """2 × the crop: a uint8 canvas then carries the bytes of the worker path's float crop through the loader
-    queue, and a 500 × 375 ImageNet image shrunk to 448 × 336 still gives its smallest crop (30% of the area)
-    about 212 pixels a side for a 224 output."""
-    return 2 * crop_size
+    """The canvas side when ``data.gpu_augment_size`` is null: max(512, 2 x crop). ImageNet's images are mostly
+    at most 500 pixels a side, so they reach the canvas without a resize (a resize of the whole image costs a worker
+    more than the worker path's whole crop: benchmarks/loader.py), and a 512 uint8 canvas carries 1.3x the bytes of
+    the worker path's float 224 crop through the loader queue; larger images are shrunk to fit."""
+    return max(512, 2 * crop_size)
 
 
 # --------------------------------------------------------------------------------------------- the workers
@@ -88,7 +89,13 @@ class DecodeShrink:
 
     def __call__(self, img: Image.Image | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(img, Image.Image):
-            img = TF.pil_to_tensor(ConvertMode(self.mode)(img))
+            img = ConvertMode(self.mode)(img)
+            w, h = img.size
+            if max(w, h) > self.max_size:  # PIL's resize of uint8 images is the faster one
+                s = self.max_size / max(w, h)
+                img = img.resize((max(1, min(self.max_size, round(w * s))), max(1, min(self.max_size, round(h * s)))),
+                                 Image.BILINEAR)
+            img = TF.pil_to_tensor(img)
         x = shrink(img, self.max_size)
         return to_canvas(x, self.max_size), torch.tensor(x.shape[-2:], dtype=torch.int64)
 
