@@ -355,6 +355,7 @@ def test_registry_load_warns_on_name_and_builds_the_registry_arch(tmp_path: Path
     said = " | ".join(str(w.message) for w in caught)
     assert "not the published file name" in said and "is 0.01 GB; vith14-in1k's full checkpoint" in said
     monkeypatch.setenv("IJEPA_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("IJEPA_OFFLINE", "1")  # else the missing file is downloaded (tests/test_hub.py)
     with pytest.raises(CheckpointNotFoundError, match="IN1K-vit.h.14-300e.pth.tar"):
         interop.load("vith14-in1k")
 

@@ -1,7 +1,8 @@
 """``load``, ``export`` and ``convert``: one entry point for every I-JEPA checkpoint layout we know.
 
 ``load`` reads top-down, one step per file:
-  1. locate   a published model's name -> its file and architecture (registry.py); a run folder -> its latest
+  1. locate   a published model's name -> its file (downloaded to the cache once) and architecture (registry.py);
+              a Hugging Face Hub repo id -> its snapshot in the Hub cache (hub.py); a run folder -> its latest
               checkpoint; a missing path -> CheckpointNotFoundError
   2. detect + read + map keys   -> :class:`Weights` in our names (detect.py, which hands each format to its
               own file: reference.py, hf.py, timm.py, native.py)
@@ -20,7 +21,7 @@ import torch
 from ..errors import CheckpointError, CheckpointNotFoundError
 from ..models.predictor import VisionTransformerPredictor
 from ..models.vit import VisionTransformer
-from . import hf, native, registry
+from . import hf, hub, native, registry
 from . import timm as timm_fmt
 from .arch import normalise_arch
 from .build import build_encoder, build_predictor
@@ -50,14 +51,17 @@ def _check_exists(src: Any) -> Any:
 
 def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "target_encoder",
          arch: str | Mapping[str, Any] | None = None, img_size: int | tuple[int, int] | None = None,
-         with_predictor: bool = False, strict: bool = True, path: str | os.PathLike | None = None
+         with_predictor: bool = False, strict: bool = True, path: str | os.PathLike | None = None,
+         revision: str | None = None
          ) -> VisionTransformer | tuple[VisionTransformer, VisionTransformerPredictor | None]:
     """Build our ``VisionTransformer`` from any I-JEPA checkpoint (see :mod:`.detect` for the formats).
 
     Args:
         path_or_dir: a file, a transformers/timm export directory, a run folder, an in-memory state dict or
-            checkpoint dict, or a published model's name (``"vith14-in1k"``…, see ``ijepa.interop.PUBLISHED``)
-            with ``path=FILE`` (else the file in ``$IJEPA_HOME``).
+            checkpoint dict, a published model's name (``"vith14-in1k"``…, see ``ijepa.interop.PUBLISHED``)
+            with ``path=FILE`` (else the file in ``$IJEPA_HOME``, downloaded there once when it is missing), or a
+            Hugging Face Hub repo id of a transformers I-JEPA model (``"facebook/ijepa_vith14_1k"``; the Hub's
+            cache, ``HF_HUB_OFFLINE`` and progress bars apply).
         which: for files holding both encoders (the reference's, our training checkpoints):
             ``"target_encoder"`` (the EMA encoder the paper evaluates) or ``"encoder"`` (the context encoder —
             what timm's and transformers' ports of the published models carry). Single-encoder formats ignore
@@ -70,15 +74,21 @@ def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "ta
         strict: every key must fit, else :class:`CheckpointMismatchError`; ``False`` loads the matching keys
             and warns about the rest.
         path: the file for a published model's name.
+        revision: for a Hub repo id, the branch, tag or commit (default: main).
 
     The encoder carries ``input_spec`` (from the file when it says, else ImageNet statistics at its
     resolution) and ``source``, a short description of what was loaded.
     """
     check_which(which)
     published = registry.lookup(path_or_dir, path)
+    from_hub = published is None and hub.is_repo_id(path_or_dir)
+    if revision is not None and not from_hub:
+        raise CheckpointError(f"revision= is for Hugging Face Hub repo ids (owner/name); got {path_or_dir!r}")
     if published is not None:
         src = registry.resolve_path(published, path)
         arch = published.model_arch() if arch is None else arch
+    elif from_hub:
+        src = hub.snapshot(path_or_dir, revision)
     else:
         src = _check_exists(path_or_dir)
     w = read_weights(run_checkpoint(src), which)
@@ -88,6 +98,8 @@ def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "ta
         predictor = build_predictor(w, encoder, pred_arch, strict) if with_predictor else None
     if published is not None:
         encoder.source = f"{published.name}: {encoder.source}"
+    elif from_hub:
+        encoder.source = f"{path_or_dir}@{revision or 'main'} (Hugging Face Hub): {encoder.source}"
     if predictor is not None:
         predictor.eval()
     return (encoder, predictor) if with_predictor else encoder
@@ -118,11 +130,11 @@ def export(encoder: VisionTransformer, dst: str | os.PathLike, to: ExportFormat 
 def convert(src: str | os.PathLike | Mapping[str, Any], dst: str | os.PathLike, to: ExportFormat = "ijepa",
             which: str = "target_encoder", *, with_predictor: bool = False, arch: Any = None,
             img_size: int | tuple[int, int] | None = None, strict: bool = True,
-            path: str | os.PathLike | None = None) -> Path:
-    """``load`` ``src`` (any format it reads, or a published name with ``path=``) and ``export`` it ``to`` a
+            path: str | os.PathLike | None = None, revision: str | None = None) -> Path:
+    """``load`` ``src`` (any format it reads, a published name, a Hub repo id) and ``export`` it ``to`` a
     format. ``with_predictor`` keeps the predictor (``to="ijepa"`` only)."""
     out = load(src, which=which, arch=arch, img_size=img_size, with_predictor=with_predictor, strict=strict,
-               path=path)
+               path=path, revision=revision)
     encoder, predictor = out if isinstance(out, tuple) else (out, None)
     return export(encoder, dst, to, predictor=predictor)
 

@@ -7,8 +7,9 @@ count ImageNet-1K-equivalent epochs (900e, 600e); the README lists 66 and 44 Ima
 Sizes are estimates from parameter counts (fp32 context and target encoders, predictor, AdamW's two moments),
 not published numbers; they only serve a plausibility check.
 
-``load`` asks :func:`lookup` whether its argument names one of these, and :func:`resolve_path` for the file;
-nothing here reads weights or builds a model.
+``load`` asks :func:`lookup` whether its argument names one of these, and :func:`resolve_path` for the file
+(downloaded to the cache folder the first time, from ``$IJEPA_BASE_URL`` when set); nothing here reads weights or
+builds a model.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from ..models.vit import VIT_SIZES
 from ..spec import InputSpec
 
 BASE_URL = "https://dl.fbaipublicfiles.com/ijepa/"
+BASE_URL_ENV = "IJEPA_BASE_URL"  # a mirror (or a test's server on 127.0.0.1) in place of BASE_URL
 CACHE_ENV = "IJEPA_HOME"
 DEFAULT_CACHE = Path("~/.cache/ijepa")
+OFFLINE_ENVS = ("IJEPA_OFFLINE", "HF_HUB_OFFLINE")  # either set to 1: never download
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class PublishedModel:
 
     @property
     def url(self) -> str:
-        return BASE_URL + self.filename
+        return base_url() + self.filename
 
     def encoder_arch(self) -> dict[str, Any]:
         dim, depth, heads, mlp = VIT_SIZES[self.arch]
@@ -123,6 +126,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
+def base_url() -> str:
+    url = os.environ.get(BASE_URL_ENV) or BASE_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENVS)
+
+
 def describe() -> str:
     """A table of the published models."""
     rows = [f"{'name':<16} {'arch':<9} {'patch':>5} {'res':>4} {'data':<12} {'epochs':>6} {'~GB':>5}  file"]
@@ -152,16 +164,21 @@ def check_file(m: PublishedModel, path: str | os.PathLike) -> Path:
 
 
 def resolve_path(m: PublishedModel, path: str | os.PathLike | None = None) -> Path:
-    """``path`` when given (checked for plausibility), else the file in the cache folder."""
+    """``path`` when given (checked for plausibility), else the file in the cache folder, downloaded there first
+    when it is missing (unless ``IJEPA_OFFLINE`` or ``HF_HUB_OFFLINE`` is set)."""
     if path is not None:
         return check_file(m, path)
     cached = cache_dir() / m.filename
-    if cached.is_file():
-        return check_file(m, cached)
-    raise CheckpointNotFoundError(
-        f"{m.name}: no path given and {cached} does not exist. Download {m.url} (about {m.approx_gb} GB) "
-        f"and pass path=..., or run ijepa.interop.download({m.name!r}) to fetch it to {cache_dir()} "
-        f"(${CACHE_ENV})")
+    if not cached.is_file():
+        if offline():
+            raise CheckpointNotFoundError(
+                f"{m.name}: {cached} does not exist and downloads are off ({' / '.join(OFFLINE_ENVS)}). Download "
+                f"{m.url} (about {m.approx_gb} GB) and pass path=..., or unset them to fetch it to {cache_dir()} "
+                f"(${CACHE_ENV})")
+        print(f"{m.name}: downloading {m.url} (about {m.approx_gb} GB) to {cache_dir()} (${CACHE_ENV}), once",
+              file=sys.stderr, flush=True)
+        download(m.name)
+    return check_file(m, cached)
 
 
 def download(name: str, dest: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
@@ -173,6 +190,9 @@ def download(name: str, dest: str | os.PathLike | None = None, *, progress: bool
     target = folder / m.filename
     if target.is_file():
         return target
+    if offline():
+        raise CheckpointNotFoundError(f"{m.name}: not downloading {m.url}: downloads are off "
+                                      f"({' / '.join(OFFLINE_ENVS)})")
     with urllib.request.urlopen(m.url) as r, atomic_open(target, "wb") as f:
         total, done, shown = int(r.headers.get("Content-Length") or 0), 0, -1
         while chunk := r.read(1 << 20):
@@ -189,5 +209,5 @@ def download(name: str, dest: str | os.PathLike | None = None, *, progress: bool
     return target
 
 
-__all__ = ["PUBLISHED", "PublishedModel", "cache_dir", "check_file", "describe", "download", "find", "get",
-           "is_name", "lookup", "resolve_path"]
+__all__ = ["PUBLISHED", "PublishedModel", "base_url", "cache_dir", "check_file", "describe", "download", "find",
+           "get", "is_name", "lookup", "offline", "resolve_path"]
