@@ -128,7 +128,8 @@ def per_image_pieces(train: Path, shards: Path) -> dict:
     paths = [p for p, _ in folder.samples]
     tf = worker_transforms()
     canvas = DecodeShrink(default_max_size(CROP))
-    gpu_tv, gpu_pil = CanvasFolder(folder, canvas.max_size), CanvasFolder(folder, canvas.max_size, decoder="pil")
+    gpu_folder = ImageFolderDataset(train, canvas, draft_size=2 * CROP)
+    gpu_tv, gpu_pil = CanvasFolder(gpu_folder), CanvasFolder(gpu_folder, decoder="pil")
 
     def each(fn):
         def run():
@@ -143,10 +144,10 @@ def per_image_pieces(train: Path, shards: Path) -> dict:
         return run
 
     return {
-        "decode PIL": each(lambda i: folder.load_image(paths[i])),
+        "decode PIL": each(lambda i: folder.read(i)),
         "decode torchvision": each(lambda i: decode_file(paths[i])),
-        "worker path, I-JEPA recipe (crop)": each(lambda i: tf["crop"](folder.load_image(paths[i]))),
-        "worker path, full recipe": each(lambda i: tf["full"](folder.load_image(paths[i]))),
+        "worker path, I-JEPA recipe (crop)": each(lambda i: tf["crop"](folder.read(i)[0])),
+        "worker path, full recipe": each(lambda i: tf["full"](folder.read(i)[0])),
         "gpu_augment workers (torchvision decode)": each(lambda i: gpu_tv[i]),
         "gpu_augment workers (PIL decode)": each(lambda i: gpu_pil[i]),
         "shards: worker path, I-JEPA recipe (crop)": shard_pass(tf["crop"]),
@@ -157,7 +158,7 @@ def per_image_pieces(train: Path, shards: Path) -> dict:
 
 def batched_call_pieces(train: Path, batch: int = 32) -> dict:
     """The device's share of the GPU-augmentation path, run on this CPU: per image of a batch of canvases."""
-    ds = CanvasFolder(ImageFolderDataset(train), default_max_size(CROP))
+    ds = CanvasFolder(ImageFolderDataset(train, DecodeShrink(default_max_size(CROP))))
     items = [ds[i % len(ds)] for i in range(batch)]
     canvases, sizes = torch.stack([c for (c, _), _ in items]), torch.stack([s for (_, s), _ in items])
     crop = BatchAugment(CROP)
@@ -198,7 +199,8 @@ def loader_throughput(train: Path, shards: Path | None, workers: int, batch: int
         loader = build_shard_loader(ds, batch, num_workers=workers, pin_memory=pin)
         sampler = ds
     else:
-        ds = CanvasFolder(ImageFolderDataset(train), tf.max_size) if gpu_augment else ImageFolderDataset(train, tf)
+        ds = CanvasFolder(ImageFolderDataset(train, tf, draft_size=2 * CROP)) if gpu_augment else \
+            ImageFolderDataset(train, tf)
         loader, sampler = build_loader(ds, batch, num_workers=workers, pin_memory=pin)
     assert loader.collate_fn is collate_skip_corrupt
     count, t0 = 0, None

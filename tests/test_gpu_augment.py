@@ -1,7 +1,6 @@
 """GPU-side augmentation (data/gpu_augment.py): the same crop boxes as the worker path, the same colour and blur
 operations as torchvision's, and the decode-only worker side."""
 
-import io
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from ijepa.data.datasets import CorruptImageWarning, FlatImageFolder
+from ijepa.data.decode import Unreadable
 from ijepa.data.gpu_augment import (
     BatchAugment,
     CanvasFolder,
@@ -218,15 +218,25 @@ def test_canvas_folder_decodes_with_torchvision_and_skips_corrupt_files(tmp_path
     _jpeg(tmp_path / "a.jpg", 375, 500, 0)
     Image.fromarray(np.zeros((40, 30), np.uint8)).save(tmp_path / "b.png")
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "c.bmp")  # torchvision cannot: PIL reads it
-    (tmp_path / "d.jpg").write_bytes(io.BytesIO(b"\xff\xd8 not a jpeg").getvalue())
-    base = FlatImageFolder(tmp_path)
-    ds = CanvasFolder(base, 448)
-    items = [ds[i] for i in range(3)]
-    (ca, sa), la = items[0]
-    assert ca.shape == (3, 448, 448) and sa.tolist() == [336, 448] and la == -1
-    assert items[1][0][1].tolist() == [40, 30] and items[1][0][0].shape[0] == 3
-    assert items[2][0][1].tolist() == [40, 30]
+    (tmp_path / "d.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    _jpeg(tmp_path / "e.jpg", 900, 1200, 1)  # larger than the canvas: PIL's draft decoding, then a resize
+    ds = CanvasFolder(FlatImageFolder(tmp_path, DecodeShrink(512), draft_size=448))
+    (ca, sa), la = ds[0]
+    assert ca.shape == (3, 512, 512) and sa.tolist() == [375, 500] and la == -1
+    assert ds[1][0][1].tolist() == [40, 30] and ds[1][0][0].shape[0] == 3
+    assert ds[2][0][1].tolist() == [40, 30]
     with pytest.warns(CorruptImageWarning, match="d.jpg"):
         assert ds[3] is None
-    pil = CanvasFolder(base, 448, decoder="pil")[0][0][0]
+    assert isinstance(ds.read(3), Unreadable)
+    assert ds[4][0][1].tolist() == [384, 512]
+    pil = CanvasFolder(FlatImageFolder(tmp_path, DecodeShrink(512)), decoder="pil")[0][0][0]
     assert (pil.float() - ca.float()).abs().mean() < 2.0  # two libjpeg builds, one image
+    with pytest.raises(TypeError, match="DecodeShrink"):
+        CanvasFolder(FlatImageFolder(tmp_path))
+
+
+def test_canvas_folder_keeps_the_pixel_limit(tmp_path):
+    _jpeg(tmp_path / "a.jpg", 300, 400, 0)
+    ds = CanvasFolder(FlatImageFolder(tmp_path, DecodeShrink(512), max_pixels=100_000))
+    with pytest.warns(CorruptImageWarning, match="above the limit"):
+        assert ds[0] is None

@@ -36,6 +36,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.ops import roi_align
 
+from .decode import DECODE_ERRORS, Unreadable
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ConvertMode
 
 # ITU-R 601-2 luma, as PIL's convert("L") and torchvision's rgb_to_grayscale
@@ -115,29 +116,47 @@ def decode_file(path: str | Path, in_chans: int = 3) -> torch.Tensor | None:
 
 
 class CanvasFolder(torch.utils.data.Dataset):
-    """An image-folder dataset (``ImageFolderDataset`` / ``FlatImageFolder``: anything with ``samples`` and
-    ``load_image``) read for this path: items ``((canvas, size), label)``, or None for an unreadable file.
+    """A folder dataset (``ImageFolderDataset`` / ``FlatImageFolder``) read for this path: items ``((canvas, size),
+    label)``, or None for a file that cannot be used. The dataset must have been built with a :class:`DecodeShrink`
+    transform, so that its own ``read`` (PIL, the pixel limit, JPEG draft decoding) gives canvases too.
 
-    ``decoder="torchvision"`` decodes with :func:`decode_file`, falling back to the dataset's PIL reader (which
-    skips and names corrupt files) for what it cannot read; ``"pil"`` always uses the PIL reader."""
+    ``decoder="torchvision"``: images that fit the canvas already (most of ImageNet) and are within the dataset's
+    pixel limit are decoded by :func:`decode_file`, the faster route to a tensor; everything else, and whatever
+    torchvision cannot read, goes through the dataset's ``read``, which skips and names unusable files. ``"pil"``:
+    always the dataset's ``read``."""
 
-    def __init__(self, dataset, max_size: int, in_chans: int = 3, decoder: str = "torchvision") -> None:
+    def __init__(self, dataset, decoder: str = "torchvision") -> None:
         if decoder not in ("torchvision", "pil"):
             raise ValueError(f"decoder must be 'torchvision' or 'pil', got {decoder!r}")
-        self.dataset, self.decoder = dataset, decoder
-        self.transform = DecodeShrink(max_size, in_chans)
+        if not isinstance(dataset.transform, DecodeShrink):
+            raise TypeError(f"CanvasFolder needs a dataset whose transform is a DecodeShrink, got {dataset.transform}")
+        self.dataset, self.decoder, self.transform = dataset, decoder, dataset.transform
 
     def __len__(self) -> int:
-        return len(self.dataset.samples)
+        return len(self.dataset)
+
+    def _fits(self, path: str) -> bool:
+        """From the header only: small enough for the canvas and within the pixel limit."""
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except DECODE_ERRORS:
+            return False
+        limit = self.dataset.max_pixels
+        return max(w, h) <= self.transform.max_size and (limit is None or w * h <= limit)
+
+    def read(self, index: int):
+        """``((canvas, size), label)`` or an :class:`~ijepa.data.decode.Unreadable`, as the datasets' ``read``."""
+        path, label = self.dataset.samples[index]
+        if self.decoder == "torchvision" and self._fits(path):
+            img = decode_file(path, self.transform.in_chans)
+            if img is not None:
+                return self.transform(img), label
+        return self.dataset.read(index)
 
     def __getitem__(self, index: int):
-        path, label = self.dataset.samples[index]
-        img = decode_file(path, self.transform.in_chans) if self.decoder == "torchvision" else None
-        if img is None:
-            img = self.dataset.load_image(path)  # warns about, and skips, a file nothing can read
-            if img is None:
-                return None
-        return self.transform(img), label
+        item = self.read(index)
+        return None if isinstance(item, Unreadable) else item
 
 
 # ------------------------------------------------------------------------------------------- the device
