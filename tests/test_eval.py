@@ -169,8 +169,8 @@ def test_save_and_load_features(tmp_path, ext):
     path = save_features(tmp_path / f"feats{ext}", feats, labels)
     if ext == ".npy":
         assert (tmp_path / "feats_labels.npy").is_file()
-    f2, l2 = load_features(path)
-    assert torch.equal(f2, feats) and torch.equal(l2, labels)
+    back = load_features(path)  # a FeatureSet: features, labels, rows, classes, skipped, meta
+    assert torch.equal(back.features, feats) and torch.equal(back.labels, labels) and back.rows == list(range(5))
     with pytest.raises(ValueError):
         save_features(tmp_path / "feats.txt", feats)
 

@@ -6,9 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
+from torch.utils.data import Subset
 
+from ijepa import build_encoder
+from ijepa.data.datasets import CorruptImageWarning, FlatImageFolder, ImageFolderDataset, TensorImageDataset
 from ijepa.errors import DataError
+from ijepa.eval.extract import extract_feature_set
 from ijepa.eval.feature_file import FeatureSet, load_features, record_path, save_features
 
 
@@ -71,3 +76,74 @@ def test_saving_without_labels_removes_stale_labels(tmp_path):
     save_features(tmp_path / "f.npy", torch.zeros(2, 2), torch.arange(2))
     save_features(tmp_path / "f.npy", torch.zeros(3, 2))
     assert load_features(tmp_path / "f.npy").labels is None
+
+
+class MeanColour(torch.nn.Module):
+    """A deterministic 'encoder': one token per image, its mean colour (in the input's normalised units)."""
+
+    source = "mean-colour"
+    input_spec = {"image_size": (8, 8), "in_chans": 3, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))[:, None, :]
+
+
+def _colour_folder(tmp_path):
+    """12 solid-colour PNGs in two class folders, with unreadable files between them in sort order."""
+    root = tmp_path / "imgs"
+    colours = {}
+    for i in range(12):
+        cls = "a" if i < 7 else "b"
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        rel = f"{cls}/img_{i:02d}.png"
+        colours[rel] = (20 * i, 255 - 20 * i, (37 * i) % 256)
+        Image.new("RGB", (8 + i, 8), colours[rel]).save(root / rel)  # sizes differ too
+    (root / "a" / "img_02_bad.png").write_bytes(b"not an image")
+    (root / "a" / "img_06_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    good = root / "b" / "img_09.png"
+    (root / "b" / "img_09_torn.png").write_bytes(good.read_bytes()[:40])
+    return root, colours
+
+
+@pytest.mark.parametrize("ext", [".npy", ".safetensors"])
+def test_extract_on_a_folder_with_unreadable_files_says_which_file_each_row_is(tmp_path, ext):
+    root, colours = _colour_folder(tmp_path)
+    ds = ImageFolderDataset(root)
+    assert len(ds) == 15
+    with pytest.warns(CorruptImageWarning):
+        fs = extract_feature_set(MeanColour(), ds, batch_size=4, progress=False, dtype="fp32")
+    assert fs.rows == sorted(colours)  # the 12 readable files, in the dataset's order, none lost or shifted
+    assert [s["source"] for s in fs.skipped] == ["a/img_02_bad.png", "a/img_06_bad.jpg", "b/img_09_torn.png"]
+    assert all(s["reason"] for s in fs.skipped) and "UnidentifiedImageError" in fs.skipped[0]["reason"]
+    for i, rel in enumerate(fs.rows):  # row i is file rows[i]: its features are that file's colour
+        assert torch.allclose(fs.features[i], torch.tensor(colours[rel]) / 255.0, atol=1e-6), rel
+        assert fs.classes[int(fs.labels[i])] == rel.split("/")[0]
+    assert fs.meta["source"] == "mean-colour" and fs.meta["pooling"] == "mean" and fs.meta["root"] == str(root)
+
+    back = load_features(save_features(tmp_path / f"feats{ext}", fs))
+    assert back.rows == fs.rows and back.skipped == fs.skipped and back.classes == ["a", "b"]
+    assert torch.equal(back.features, fs.features) and torch.equal(back.labels, fs.labels)
+    assert back.meta["input_spec"]["image_size"] == [8, 8]
+
+
+def test_each_row_equals_that_file_extracted_alone_with_a_vit(tmp_path):
+    root, _ = _colour_folder(tmp_path)
+    enc = build_encoder("vit_tiny", img_size=16, patch_size=8, depth=1)
+    ds = FlatImageFolder(root)
+    index = {ds.source(j): j for j in range(len(ds))}
+    with pytest.warns(CorruptImageWarning):
+        fs = extract_feature_set(enc, ds, batch_size=5, progress=False, dtype="fp32")
+    assert len(fs) == 12 and len(fs.skipped) == 3
+    for i, rel in enumerate(fs.rows):
+        alone = extract_feature_set(enc, Subset(ds, [index[rel]]), progress=False, dtype="fp32")
+        assert alone.rows == [rel] and torch.allclose(fs.features[i], alone.features[0], atol=1e-5), rel
+
+
+def test_in_memory_rows_are_indices():
+    imgs = torch.randint(0, 256, (6, 8, 8), dtype=torch.uint8)
+    fs = extract_feature_set(MeanColour(), imgs, batch_size=4, progress=False)
+    assert fs.rows == list(range(6)) and fs.skipped == [] and fs.labels is None
+    sub = extract_feature_set(MeanColour(), Subset(TensorImageDataset(imgs, torch.arange(6) % 3), [5, 1, 3]),
+                              progress=False)
+    assert sub.rows == [5, 1, 3] and sub.labels.tolist() == [2, 1, 0]
+    assert torch.equal(sub.features, fs.features[[5, 1, 3]])

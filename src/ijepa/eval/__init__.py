@@ -9,8 +9,10 @@ the training code.
 from .attentive import AttentiveProbe, train_attentive_probe
 from .extract import (
     POOLINGS,
+    FeatureSet,
     bf16_supported,
     default_input_spec,
+    extract_feature_set,
     extract_features,
     load_features,
     prepare_images,
@@ -39,8 +41,9 @@ from .linear import (
 from .lowshot import lowshot_eval, parse_shot, sample_per_class
 
 __all__ = [
-    "DEFAULT_WDS", "POOLINGS", "AttentiveProbe", "ClassifierModel", "FinetuneConfig", "LogisticRegression",
-    "bf16_supported", "default_input_spec", "evaluate_classifier", "extract_features", "fit_logistic",
+    "DEFAULT_WDS", "POOLINGS", "AttentiveProbe", "ClassifierModel", "FeatureSet", "FinetuneConfig",
+    "LogisticRegression", "bf16_supported", "default_input_spec", "evaluate_classifier", "extract_feature_set",
+    "extract_features", "fit_logistic",
     "fmnist_probe", "knn_accuracy", "knn_classify", "linear_probe", "load_classifier", "load_features",
     "lowshot_eval", "param_groups_lrd", "parse_shot", "pixel_features", "prepare_images", "resolve_input_spec",
     "sample_per_class", "save_classifier", "save_features", "save_hf_classifier", "stratified_split",

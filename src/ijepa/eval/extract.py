@@ -8,11 +8,9 @@ through exactly the same preprocessing as a trained model.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,10 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.datasets import dataset_info, read_sample, sample_source
+from ..data.decode import Unreadable
 from ..device import bf16_supported
+from .feature_file import FeatureSet, load_features, save_features
 
-__all__ = ["POOLINGS", "bf16_supported", "default_input_spec", "extract_features", "load_features",
-           "prepare_images", "resolve_input_spec", "save_features"]
+__all__ = ["POOLINGS", "FeatureSet", "bf16_supported", "default_input_spec", "extract_feature_set",
+           "extract_features", "load_features", "prepare_images", "resolve_input_spec", "save_features"]
 
 POOLINGS = ("mean", "last4", "tokens")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -171,18 +172,43 @@ def _pool(encoder: nn.Module, x: torch.Tensor, pooling: str) -> torch.Tensor:
     return out.mean(dim=1) if out.ndim == 3 else out  # an already-pooled (B, D) output is kept as is
 
 
+class _Batch(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    rows: list | None  # what each image is (a path relative to the root, or an index); None: not known
+    skipped: list[dict[str, str]]  # {"source", "reason"} of the inputs of this batch that gave no image
+    prepared: bool  # already the encoder's input
+
+
+class _Indexed(Dataset):
+    """``(index, item)`` of a dataset, an :class:`~ijepa.data.decode.Unreadable` in place of an unusable item:
+    what lets extraction say which input each row is and why one gave none."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        return i, read_sample(self.dataset, i)
+
+
 class _PrepareCollate:
-    """Collate (image, label) items of any image type/size: corrupt items (``None``, or a ``None`` image)
-    are dropped, each image is brought to the encoder's input individually (sizes may differ)."""
+    """Collate ``(index, item)`` pairs of ``(image, label)`` items of any image type/size into a :class:`_Batch`:
+    unusable items (an ``Unreadable``, or a ``None`` image) are dropped and recorded, each image is brought to
+    the encoder's input individually (sizes may differ)."""
 
-    def __init__(self, spec: dict | None):
-        self.spec = spec
+    def __init__(self, dataset: Any, spec: dict | None):
+        self.dataset, self.spec = dataset, spec
 
-    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor | None]:
-        imgs, labels = [], []
-        for item in items:
+    def __call__(self, pairs: list[tuple[int, Any]]) -> _Batch:
+        imgs, labels, rows, skipped = [], [], [], []
+        for i, item in pairs:
             img, label = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-            if img is None:
+            if isinstance(item, Unreadable) or img is None:
+                reason = item.reason if isinstance(item, Unreadable) else "unreadable"
+                skipped.append({"source": str(sample_source(self.dataset, i)), "reason": reason})
                 continue
             t = _to_tensor(img)
             if t.ndim == 2:
@@ -191,28 +217,27 @@ class _PrepareCollate:
                 t = prepare_images(t[None], self.spec)[0]
             imgs.append(t)
             labels.append(label)
-        if not imgs:
-            return torch.empty(0), None
-        y = None if any(lb is None for lb in labels) else torch.as_tensor(
+            rows.append(sample_source(self.dataset, i))
+        y = None if not imgs or any(lb is None for lb in labels) else torch.as_tensor(
             [int(lb) for lb in labels], dtype=torch.long)
-        return torch.stack(imgs), y
+        return _Batch(torch.stack(imgs) if imgs else torch.empty(0), y, rows, skipped, self.spec is not None)
 
 
-def _batches(data: Any, batch_size: int, spec: dict | None
-             ) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor | None, bool]], int | None]:
-    """Yield (images, labels, already_prepared) batches and the number of images when known."""
+def _batches(data: Any, batch_size: int, spec: dict | None) -> tuple[Iterable[_Batch], int | None]:
+    """The :class:`_Batch` es of ``data`` and the number of inputs when known."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
         n = len(data)
 
         def gen():
             for i in range(0, n, batch_size):
-                yield _to_tensor(data[i:i + batch_size]), None, False
+                yield _Batch(_to_tensor(data[i:i + batch_size]), None, list(range(i, min(i + batch_size, n))), [],
+                             False)
         return gen(), n
     if isinstance(data, DataLoader):
-        loader, prepared = data, False
+        loader = data
     elif isinstance(data, Dataset) or hasattr(data, "__getitem__"):
-        loader, prepared = DataLoader(data, batch_size=batch_size, shuffle=False,
-                                      collate_fn=_PrepareCollate(spec)), spec is not None
+        loader = DataLoader(_Indexed(data), batch_size=batch_size, shuffle=False,
+                            collate_fn=_PrepareCollate(data, spec))
     else:
         raise TypeError(f"cannot extract features from {type(data).__name__}; pass a tensor of images, a "
                         "Dataset or a DataLoader")
@@ -223,33 +248,49 @@ def _batches(data: Any, batch_size: int, spec: dict | None
 
     def gen_loader():
         for batch in loader:
+            if isinstance(batch, _Batch):
+                yield batch
+                continue
+            # a caller's DataLoader: its batches as they are, with no word on which input each row is
             if isinstance(batch, (tuple, list)):
                 imgs, labels = batch[0], (batch[1] if len(batch) > 1 else None)
             else:
                 imgs, labels = batch, None
             if labels is not None and not isinstance(labels, torch.Tensor):
                 labels = torch.as_tensor(labels)
-            yield imgs, labels, prepared
+            yield _Batch(imgs, labels, None, [], False)
     return gen_loader(), n
 
 
 def extract_features(encoder: nn.Module | Callable[[torch.Tensor], torch.Tensor],
                      images_or_dataset: torch.Tensor | np.ndarray | Dataset | DataLoader, *,
-                     pooling: str = "mean", batch_size: int = 256, device: torch.device | str | None = None,
-                     dtype: str = "auto", progress: bool = True, prepare: bool = True,
-                     input_spec: dict | None = None, return_labels: bool = False
+                     return_labels: bool = False, **kw: Any
                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-    """Features of frozen ``encoder`` for every image, as float32 on the CPU, in input order.
+    """Features of frozen ``encoder`` for every image, as float32 on the CPU, in input order: the ``features``
+    of :func:`extract_feature_set` (which takes the same arguments), and its ``labels`` with
+    ``return_labels=True``."""
+    fs = extract_feature_set(encoder, images_or_dataset, **kw)
+    return (fs.features, fs.labels) if return_labels else fs.features
+
+
+def extract_feature_set(encoder: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+                        images_or_dataset: torch.Tensor | np.ndarray | Dataset | DataLoader, *,
+                        pooling: str = "mean", batch_size: int = 256, device: torch.device | str | None = None,
+                        dtype: str = "auto", progress: bool = True, prepare: bool = True,
+                        input_spec: dict | None = None) -> FeatureSet:
+    """Features of frozen ``encoder`` for every image, and what each row is (a :class:`FeatureSet`, which
+    :func:`save_features` writes and :func:`load_features` reads back).
 
     ``pooling``: ``"mean"`` — average of the last layer's patch tokens, (N, D) (the I-JEPA paper's linear
     probe input); ``"last4"`` — concatenated token averages of the last 4 layers, (N, 4D); ``"tokens"`` — all
     patch tokens, (N, T, D), for the attentive probe.
 
-    ``images_or_dataset``: raw images (see :func:`prepare_images`), or a Dataset / DataLoader yielding
-    ``(image, label)``. A Dataset's items may be PIL images, arrays or tensors of any size; items that are
-    ``None`` (or have a ``None`` image) are skipped, so pass ``return_labels=True`` to get the labels that
-    match the rows. A DataLoader's batches are used as given (``prepare=False`` when its transform already
-    normalises). ``dtype="auto"`` uses bf16 autocast where the device runs it natively (see
+    ``images_or_dataset``: raw images (see :func:`prepare_images`; row ``i`` is image ``i``), or a Dataset /
+    DataLoader yielding ``(image, label)``. A Dataset's items may be PIL images, arrays or tensors of any size;
+    an unusable item (``None``, or an unreadable file) gives no row and is listed in ``skipped`` with the reason,
+    and ``rows`` says which input every row is (a file relative to the dataset's root, or an index). A
+    DataLoader's batches are used as given (``prepare=False`` when its transform already normalises; ``rows``
+    is then ``None``). ``dtype="auto"`` uses bf16 autocast where the device runs it natively (see
     :func:`bf16_supported`); ``"fp32"`` gives batch-size-independent results.
 
     ``device``: where images are sent, by default the encoder's own device (the encoder is not moved).
@@ -273,18 +314,21 @@ def extract_features(encoder: nn.Module | Callable[[torch.Tensor], torch.Tensor]
     # concatenating a list of batches would need twice that at the end.
     out: torch.Tensor | None = None
     feats: list[torch.Tensor] = []
-    filled = n_out = 0
-    labels: list[torch.Tensor] = []
-    have_labels = True
+    n_out = 0
+    labels: list[torch.Tensor] | None = []
+    rows: list | None = []
+    skipped: list[dict[str, str]] = []
     try:
         with tqdm(total=total, disable=not progress, unit="img", desc=f"features ({pooling})",
                   dynamic_ncols=True) as bar:
-            for imgs, lbls, prepared in batches:
-                if imgs.numel() == 0:
+            for b in batches:
+                skipped += b.skipped
+                bar.update(len(b.skipped))
+                if b.images.numel() == 0:
                     continue
-                imgs = imgs.to(dev, non_blocking=True)
+                imgs = b.images.to(dev, non_blocking=True)
                 # Preprocess on the target device: the uint8 batch is 4x smaller to move than the floats.
-                x = prepare_images(imgs, spec) if (spec is not None and not prepared) else imgs.float()
+                x = prepare_images(imgs, spec) if (spec is not None and not b.prepared) else imgs.float()
                 with torch.inference_mode(), _autocast(dev, dtype):
                     f = _pool(encoder, x, pooling)
                 # Copied (outside inference mode) into ordinary tensors, which autograd can use later.
@@ -296,17 +340,22 @@ def extract_features(encoder: nn.Module | Callable[[torch.Tensor], torch.Tensor]
                     n_out += len(f)
                 else:
                     feats.append(f.cpu().clone())
-                filled += len(f)
-                if lbls is None:
-                    have_labels = False
-                else:
-                    labels.append(lbls.reshape(-1).long().cpu())
+                if b.labels is None:
+                    labels = None
+                elif labels is not None:
+                    labels.append(b.labels.reshape(-1).long().cpu())
+                if b.rows is None:
+                    rows = None
+                elif rows is not None:
+                    rows.extend(b.rows)
                 bar.update(len(x))
     finally:
         if was_training:
             encoder.train()
-    if filled == 0:
-        raise ValueError("no images to extract features from")
+    if out is None and not feats:
+        raise ValueError("no images to extract features from"
+                         + (f" ({len(skipped)} skipped: {skipped[0]['source']}: {skipped[0]['reason']}, ...)"
+                            if skipped else ""))
     if out is None:
         out = torch.cat(feats)
     else:
@@ -314,55 +363,9 @@ def extract_features(encoder: nn.Module | Callable[[torch.Tensor], torch.Tensor]
             out = out[:n_out].clone()
         if feats:  # a loader yielded more than its len() promised
             out = torch.cat([out, *feats])
-    if return_labels:
-        return out, (torch.cat(labels) if have_labels and labels else None)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# saving
-# ----------------------------------------------------------------------------------------------------------
-
-def _labels_path(path: Path) -> Path:
-    return path.with_name(path.stem + "_labels.npy")
-
-
-def save_features(path: str | os.PathLike, feats: torch.Tensor | np.ndarray,
-                  labels: torch.Tensor | np.ndarray | None = None) -> Path:
-    """Write features by extension: ``.npy`` (labels to a sibling ``<stem>_labels.npy``) or ``.safetensors``
-    (tensors ``features`` and ``labels``). Returns the path written."""
-    path = Path(path)
-    feats_t = torch.as_tensor(feats).detach().cpu().contiguous()
-    labels_t = None if labels is None else torch.as_tensor(labels).detach().cpu().contiguous()
-    if labels_t is not None and len(labels_t) != len(feats_t):
-        raise ValueError(f"{len(feats_t)} feature rows but {len(labels_t)} labels")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        np.save(path, feats_t.numpy())
-        if labels_t is not None:
-            np.save(_labels_path(path), labels_t.numpy())
-    elif suffix == ".safetensors":
-        from safetensors.torch import save_file
-        tensors = {"features": feats_t}
-        if labels_t is not None:
-            tensors["labels"] = labels_t
-        save_file(tensors, str(path))
-    else:
-        raise ValueError(f"unsupported feature file extension {path.suffix!r}; use .npy or .safetensors")
-    return path
-
-
-def load_features(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Read what :func:`save_features` wrote: ``(features, labels or None)``."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        feats = torch.from_numpy(np.load(path))
-        lp = _labels_path(path)
-        return feats, (torch.from_numpy(np.load(lp)) if lp.is_file() else None)
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-        d = load_file(str(path))
-        return d["features"], d.get("labels")
-    raise ValueError(f"unsupported feature file extension {path.suffix!r}; use .npy or .safetensors")
+    info = dataset_info(images_or_dataset) if isinstance(images_or_dataset, Dataset) else {}
+    meta = {"source": getattr(encoder, "source", None) or type(encoder).__name__, "pooling": pooling,
+            "input_spec": spec if spec is not None else getattr(encoder, "input_spec", None),
+            "root": info.get("root"), "inputs": total, "dtype": dtype}
+    return FeatureSet(out, torch.cat(labels) if labels else None, rows=rows, classes=info.get("classes"),
+                      skipped=skipped, meta=meta)
