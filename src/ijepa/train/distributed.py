@@ -19,6 +19,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun: join a process group even as its only process
 
     @property
     def is_main(self) -> bool:
@@ -26,13 +27,15 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether to join a process group and wrap the models in DDP: several processes, or any torchrun launch
+        (so ``torchrun --nproc_per_node 1`` runs the DDP path: nccl on one GPU, as benchmarks/gpu_check.py does)."""
+        return self.world_size > 1 or self.launched
 
 
 def detect() -> DistInfo:
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), launched=True)
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
     return DistInfo()

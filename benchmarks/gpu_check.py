@@ -1,0 +1,530 @@
+"""One prepared check for a lent GPU: at most 8 minutes on one H100/H200, no downloads, one JSON summary and a table.
+
+    bash benchmarks/gpu_check.sh --out /tmp/gpu_check      # the full check (CUDA)
+    python benchmarks/gpu_check.py --smoke --out /tmp/gc    # the same code on the CPU at tiny shapes (CI runs it)
+
+Each section runs in its own process under a time box, so a crash, an out-of-memory or a time-out loses only that
+section (its error is recorded in the JSON) and every section's peak memory is its own. A section writes what it
+has measured so far to ``OUT/sections/NAME.json`` as it goes, so a time-out keeps the part that finished.
+
+  env        torch, CUDA, device and CPU facts; the dense matmul peak in bf16 (MFU's denominator), tf32 and fp32,
+             measured in this run
+  train:*    the project's training step (``ijepa.train``) on ViT-B/16 and ViT-H/14 at 224 px, the reference's
+             recipe and per-GPU batch (128; halved until it fits), eager and ``torch.compile``: images/s, step ms,
+             peak memory, FLOPs per image (counted on the real step) and MFU against the measured bf16 peak
+  maxbatch   the largest ViT-H/14 batch whose step fits (doubling, then bisection; two steps per try)
+  precision  fp32 against bf16 autocast: the losses of 50 steps of a small model from the same weights, images
+             and masks
+  ddp        ``torchrun --standalone --nproc_per_node 1`` running ``ijepa train`` for a few steps (nccl; gloo on
+             the CPU) on a synthetic image folder
+  loader     the folder and shard loaders' images/s on synthetic ImageNet-size JPEGs with the machine's cores as
+             workers, the worker path and ``data.gpu_augment``; nvjpeg batch decoding on the device
+
+The time boxes share the budget (--budget, default 450 s); a section that would start with less than its
+minimum left is recorded as skipped. Sections run in the order above except that the two compiled ``train`` rows
+run last: they are the slowest to start and the first to give up when time runs short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from loader import loader_throughput, make_jpegs  # noqa: E402  (benchmarks/ is not a package)
+from train_step import matmul_peak  # noqa: E402
+
+
+@dataclass
+class Shapes:
+    """Everything that differs between the full check and --smoke: sizes only, never code paths."""
+
+    device: str = "cuda"
+    matmul_n: int = 8192
+    train: list = field(default_factory=lambda: [("vit_base", 16, 224, 128), ("vit_huge", 14, 224, 128)])
+    compile_backend: str = "inductor"
+    warmup_steps: int = 3
+    timed_steps: int = 10
+    maxbatch: tuple = ("vit_huge", 14, 224)
+    maxbatch_start: int = 128
+    maxbatch_limit: int = 8192
+    maxbatch_granularity: int = 32
+    precision: tuple = ("vit_small", 16, 96, 64)
+    precision_steps: int = 50
+    ddp: tuple = ("vit_small", 16, 96, 32)
+    ddp_steps: int = 5
+    ddp_images: int = 256
+    loader_images: int = 4096
+    loader_batch: int = 128
+    workers: int = max(1, len(os.sched_getaffinity(0)) - 1)
+    budget_s: float = 450.0
+    overrides: list = field(default_factory=list)  # config overrides every model here takes
+    box_scale: float = 1.0  # time boxes x this (the smoke run's are guards against hangs on a busy CI machine)
+
+
+def smoke_shapes() -> Shapes:
+    return Shapes(device="cpu", matmul_n=256, train=[("vit_tiny", 8, 64, 4)], compile_backend="eager",
+                  warmup_steps=1, timed_steps=2, maxbatch=("vit_tiny", 8, 64), maxbatch_start=2, maxbatch_limit=8,
+                  maxbatch_granularity=1, precision=("vit_tiny", 8, 64, 4), precision_steps=5,
+                  ddp=("vit_tiny", 8, 64, 4), ddp_steps=2, ddp_images=16, loader_images=16, loader_batch=4,
+                  workers=1, budget_s=1500.0, box_scale=4.0,
+                  overrides=["mask.min_keep=4", "meta.enc_depth=2", "meta.pred_depth=2", "meta.pred_emb_dim=96"])
+
+
+# (name, time box s, minimum s to start it)
+SECTIONS = [("env", 50, 10), ("train:0:eager", 60, 20), ("train:1:eager", 70, 20),
+            ("maxbatch", 75, 20), ("precision", 50, 15), ("ddp", 60, 25), ("loader", 80, 25),
+            ("train:0:compile", 110, 45), ("train:1:compile", 140, 60)]
+
+
+# ------------------------------------------------------------------------------------------- the children
+
+
+class Recorder:
+    """A section's results, written to its file after every update (a time-out keeps what was measured)."""
+
+    def __init__(self, path: Path):
+        self.path, self.data = path, {}
+
+    def update(self, **kw) -> None:
+        self.data.update(kw)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+
+
+def reference_config(sh: Shapes, arch: str, patch: int, img: int, batch: int, extra: list[str] = ()):
+    """The reference's ViT-H/14 recipe (its masks, optimiser, schedules) at another size and batch."""
+    from ijepa.config import load_config
+    return load_config("in1k_vith14_ep300", [f"meta.model_name={arch}", f"mask.patch_size={patch}",
+                                             f"data.crop_size={img}", f"data.batch_size={batch}",
+                                             "data.root_path=/unused", *sh.overrides, *extra])
+
+
+class Step:
+    """The project's training step, built from a config: ``step(images, masks, i)`` runs one, as ``train`` does."""
+
+    def __init__(self, cfg, device: torch.device, bf16: bool, compile_backend: str | None = None, seed: int = 0):
+        from ijepa.masks import MultiBlockMaskSampler
+        from ijepa.train.loop import TrainState, build_models, build_optimizer
+        from ijepa.train.schedules import Schedules
+
+        torch.manual_seed(seed)
+        c = cfg.data.crop_size
+        spec = {"image_size": (c, c), "in_chans": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+        enc, pred, tgt = (m.to(device) for m in build_models(cfg, spec))
+        self.modules = (enc, pred, tgt)
+        opt = build_optimizer(enc, pred, cfg, device)
+        fwd = (enc, pred, tgt)
+        if compile_backend:
+            fwd = tuple(torch.compile(m, backend=compile_backend) for m in fwd)
+        self.state = TrainState(*fwd, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
+                                cfg.optimization.clip_grad, cfg.loss, (list(tgt.parameters()), list(enc.parameters())))
+        self.sampler = MultiBlockMaskSampler(enc.grid_size, cfg.mask)
+        self.device, self.crop = device, c
+        self.params = sum(p.numel() for p in enc.parameters())
+
+    def masks(self, batch: int, seed: int):
+        enc, pred = self.sampler(batch, torch.Generator().manual_seed(seed))
+        return [t.to(self.device) for t in enc], [t.to(self.device) for t in pred]
+
+    def images(self, batch: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, 3, self.crop, self.crop, generator=g).to(self.device)
+
+    def __call__(self, images: torch.Tensor, masks, i: int) -> torch.Tensor:
+        from ijepa.train.loop import train_step
+        return train_step(self.state, images, *masks, i)
+
+    def free(self) -> None:
+        self.state.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def sec_env(sh: Shapes, rec: Recorder, _: dict) -> None:
+    dev = torch.device(sh.device)
+    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)), "cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(), "platform": platform.platform()}
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_memory_gib=p.total_memory / 2**30, sm_count=p.multi_processor_count,
+                    capability=f"{p.major}.{p.minor}", bf16=torch.cuda.is_bf16_supported(),
+                    cudnn=torch.backends.cudnn.version(), nccl=str(torch.cuda.nccl.version()))
+    rec.update(**info)
+    sec_matmul(sh, rec)
+
+
+def sec_matmul(sh: Shapes, rec: Recorder) -> None:
+    dev = torch.device(sh.device)
+    rec.update(n=sh.matmul_n, bf16_tflops=matmul_peak(torch.bfloat16, dev, sh.matmul_n) / 1e12)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        rec.update(tf32_tflops=matmul_peak(torch.float32, dev, sh.matmul_n) / 1e12)
+        torch.backends.cuda.matmul.allow_tf32 = False
+    rec.update(fp32_tflops=matmul_peak(torch.float32, dev, min(sh.matmul_n, 4096)) / 1e12)
+
+
+def _count_flops(step: Step, images, masks) -> float:
+    """FLOPs of one real step per image (the eager modules: compiling changes how, not how much)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ijepa.train.loop import jepa_loss
+    enc, pred, tgt = step.modules
+    with FlopCounterMode(display=False) as fc, torch.autocast(step.device.type, torch.bfloat16):
+        jepa_loss(enc, pred, tgt, images, *masks, step.state.loss).backward()
+    step.free()
+    return fc.get_total_flops() / images.shape[0]
+
+
+def sec_train(sh: Shapes, rec: Recorder, args: dict) -> None:
+    arch, patch, img, batch = sh.train[args["index"]]
+    dev = torch.device(sh.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    compiled = args["mode"] == "compile"
+    rec.update(arch=arch, patch=patch, img=img, mode=args["mode"], requested_batch=batch, oom_batches=[])
+    while batch >= 1:
+        try:
+            cfg = reference_config(sh, arch, patch, img, batch)
+            step = Step(cfg, dev, True, sh.compile_backend if compiled else None)
+            x, masks = step.images(batch), step.masks(batch, 0)
+            rec.update(batch=batch, params=step.params, context_tokens=int(masks[0][0].shape[1]),
+                       target_tokens=int(masks[1][0].shape[1]))
+            t = time.perf_counter()
+            for i in range(sh.warmup_steps):
+                step(x, masks, i)
+            sync(dev)
+            rec.update(warmup_s=time.perf_counter() - t)
+            times = []
+            for i in range(sh.timed_steps):
+                t = time.perf_counter()
+                loss = step(x, masks, sh.warmup_steps + i)
+                sync(dev)
+                times.append(time.perf_counter() - t)
+            step_s = statistics.median(times)
+            rec.update(step_ms=step_s * 1e3, images_per_s=batch / step_s, peak_mem_mib=peak_mib(dev),
+                       loss=float(loss))
+            flops = _count_flops(step, x, masks)
+            rec.update(gflop_per_image=flops / 1e9, achieved_tflops=flops * batch / step_s / 1e12)
+            return
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+            if not is_oom(e):
+                raise
+            rec.update(oom_batches=rec.data["oom_batches"] + [batch])
+            del e
+            step = x = masks = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            batch //= 2
+
+
+def _fits(step: Step, batch: int) -> tuple[bool, float | None]:
+    dev = step.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        x, masks = step.images(batch), step.masks(batch, batch)
+        for i in range(2):
+            step(x, masks, i)
+        sync(dev)
+        return True, peak_mib(dev)
+    except Exception as e:  # noqa: BLE001
+        if not is_oom(e):
+            raise
+        return False, None
+    finally:
+        x = masks = None
+        step.free()
+
+
+def sec_maxbatch(sh: Shapes, rec: Recorder, _: dict) -> None:
+    arch, patch, img = sh.maxbatch
+    dev = torch.device(sh.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    step = Step(reference_config(sh, arch, patch, img, sh.maxbatch_start), dev, True)
+    rec.update(arch=arch, patch=patch, img=img, tries=[], limit=sh.maxbatch_limit)
+    ok, bad, b = 0, None, sh.maxbatch_start
+    while bad is None and b <= sh.maxbatch_limit:  # double until a step does not fit
+        fits, mem = _fits(step, b)
+        rec.update(tries=rec.data["tries"] + [[b, fits, mem]])
+        if fits:
+            ok, b = b, b * 2
+            rec.update(largest_batch=ok, peak_mem_mib=mem)
+        else:
+            bad = b
+    while bad is not None and bad - ok > sh.maxbatch_granularity:  # then bisect
+        mid = (ok + bad) // 2
+        fits, mem = _fits(step, mid)
+        rec.update(tries=rec.data["tries"] + [[mid, fits, mem]])
+        if fits:
+            ok = mid
+            rec.update(largest_batch=ok, peak_mem_mib=mem)
+        else:
+            bad = mid
+    rec.update(largest_batch=ok, bounded_by_limit=bad is None)
+
+
+def sec_precision(sh: Shapes, rec: Recorder, _: dict) -> None:
+    """Two runs of the same small model from the same weights over the same images and masks: fp32 (no tf32)
+    and bf16 autocast."""
+    arch, patch, img, batch = sh.precision
+    dev = torch.device(sh.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cfg = reference_config(sh, arch, patch, img, batch, ["optimization.warmup=1", "optimization.epochs=2"])
+    losses = {}
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        step = Step(cfg, dev, bf16, seed=0)
+        # smooth images: a random low-resolution field upsampled, so there is something to predict
+        g = torch.Generator().manual_seed(1)
+        low = torch.randn(sh.precision_steps, batch, 3, max(2, img // 16), max(2, img // 16), generator=g)
+        out = []
+        for i in range(sh.precision_steps):
+            x = torch.nn.functional.interpolate(low[i], size=(img, img), mode="bicubic").to(dev)
+            out.append(step(x, step.masks(batch, 100 + i), i))
+        losses[name] = [float(v) for v in out]
+        rec.update(**{f"{name}_losses": losses[name]})
+    a, b = torch.tensor(losses["fp32"]), torch.tensor(losses["bf16"])
+    rel = (a - b).abs() / a.abs().clamp_min(1e-12)
+    k = min(10, len(a))
+    last = abs(float(a[-k:].mean() - b[-k:].mean())) / abs(float(a[-k:].mean()))
+    rec.update(max_abs_diff=float((a - b).abs().max()), max_rel_diff=float(rel.max()),
+               mean_rel_diff=float(rel.mean()), last10_mean_rel_diff=last, agree=bool(last < 0.05),
+               criterion="the mean loss of the last 10 steps within 5%")
+
+
+def _tiny_folder(root: Path, n: int, size: int) -> None:
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        d = root / "train" / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(size, size + size // 4),
+                                            mode="bicubic").clamp(0, 1)
+        Image.fromarray((x[0].permute(1, 2, 0) * 255).byte().numpy()).save(d / f"{i}.jpg", quality=90)
+
+
+def sec_ddp(sh: Shapes, rec: Recorder, args: dict) -> None:
+    """``ijepa train`` under torchrun, one process, through this file's ``ddp-worker`` (which joins the process
+    group the way ``train`` does, records its backend, then calls ``train``)."""
+    arch, patch, img, batch = sh.ddp
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_ddp_"))
+    try:
+        _tiny_folder(tmp / "data", sh.ddp_images, img + img // 2)
+        overrides = [f"meta.model_name={arch}", "meta.enc_depth=2", "meta.pred_depth=2", f"mask.patch_size={patch}",
+                     f"data.crop_size={img}", f"data.batch_size={batch}", f"data.root_path={tmp}",
+                     "data.image_folder=data", f"data.num_workers={min(2, sh.workers)}", "optimization.epochs=1",
+                     "optimization.warmup=0", f"optimization.max_steps={sh.ddp_steps}", "logging.progress=false",
+                     "meta.load_checkpoint=false", f"meta.device={sh.device}", "mask.min_keep=4", *sh.overrides]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+               str(Path(__file__).resolve()), "--section", "ddp-worker", "--section-out", str(rec.path),
+               "--out", str(tmp / "run"), *(["--smoke"] if sh.device == "cpu" else []), "--", *overrides]
+        rec.update(command=" ".join(cmd[2:]))
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, args["timeout"] - 5),
+                           env={**os.environ, "OMP_NUM_THREADS": "2"})
+        rec.data = json.loads(rec.path.read_text()) if rec.path.exists() else rec.data
+        rec.update(returncode=r.returncode, seconds=time.perf_counter() - t)
+        if r.returncode:
+            raise RuntimeError(f"torchrun exited {r.returncode}: {r.stderr[-2000:]}")
+        summary = json.loads((tmp / "run" / "summary.json").read_text())
+        rec.update(**{k: summary.get(k) for k in ("steps", "final_loss", "world_size", "device", "images_per_s")})
+        if not (summary["steps"] == sh.ddp_steps and math.isfinite(summary["final_loss"])):
+            raise RuntimeError(f"unexpected summary: {summary}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ddp_worker(args: argparse.Namespace) -> None:
+    import torch.distributed as dist
+
+    from ijepa.config import load_config
+    from ijepa.train import distributed as D
+    from ijepa.train.loop import train
+
+    cfg = load_config("in1k_vith14_ep300", args.overrides)
+    info = D.init_distributed(torch.device(cfg.meta.device).type)
+    rec = Recorder(Path(args.section_out))
+    rec.update(process_group=dist.is_initialized(), backend=dist.get_backend() if dist.is_initialized() else None,
+               rank=info.rank, env_world_size=int(os.environ.get("WORLD_SIZE", "0")))
+    train(cfg, args.out)
+
+
+def sec_loader(sh: Shapes, rec: Recorder, _: dict) -> None:
+    dev = torch.device(sh.device)
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_loader_"))
+    try:
+        from ijepa.data.shards import write_shards
+        t = time.perf_counter()
+        train = make_jpegs(tmp, sh.loader_images, processes=sh.workers + 1)
+        shards = tmp / "shards"
+        write_shards(train, shards, max_count=max(16, sh.loader_images // 16))
+        rec.update(images=sh.loader_images, workers=sh.workers, batch=sh.loader_batch,
+                   mean_kb=statistics.mean(f.stat().st_size for f in train.rglob("*.jpg")) / 1e3,
+                   setup_s=time.perf_counter() - t)
+        for source in ("folder", "shards"):
+            for gpu in (False, True):
+                key = f"{source}_{'gpu_augment' if gpu else 'worker_path'}_images_per_s"
+                rec.update(**{key: loader_throughput(train, shards, sh.workers, sh.loader_batch, gpu_augment=gpu,
+                                                     device=sh.device, epochs=1, source=source)})
+        if dev.type == "cuda":
+            rec.update(nvjpeg_images_per_s=_nvjpeg_rate(train, sh.loader_batch))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _nvjpeg_rate(train: Path, batch: int) -> float:
+    from torchvision.io import decode_jpeg, read_file
+    data = [read_file(str(p)) for p in sorted(train.rglob("*.jpg"))[: batch * 4]]
+    decode_jpeg(data[:batch], device="cuda")
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(0, len(data), batch):
+        decode_jpeg(data[i:i + batch], device="cuda")
+    torch.cuda.synchronize()
+    return len(data) / (time.perf_counter() - t)
+
+
+SECTION_FNS = {"env": sec_env, "train": sec_train, "maxbatch": sec_maxbatch,
+               "precision": sec_precision, "ddp": sec_ddp, "loader": sec_loader}
+
+
+# -------------------------------------------------------------------------------------------- the parent
+
+
+def run_section(name: str, timeout: float, out: Path, smoke: bool) -> dict:
+    path = out / "sections" / f"{name.replace(':', '_')}.json"
+    path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--section-out", str(path),
+           "--timeout", str(timeout), *(["--smoke"] if smoke else [])]
+    t = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        status = "ok" if r.returncode == 0 else "error"
+        err = r.stderr.strip().splitlines()[-1] if r.returncode and r.stderr.strip() else None
+        tail = r.stderr[-3000:] if r.returncode else None
+    except subprocess.TimeoutExpired:
+        status, err, tail = "timeout", f"time box of {timeout:.0f} s reached", None
+    res = json.loads(path.read_text()) if path.exists() else {}
+    res.update(status=status, seconds=round(time.perf_counter() - t, 1))
+    if err:
+        res.update(error=err, stderr_tail=tail)
+    return res
+
+
+def mfu(res: dict) -> None:
+    """MFU of each train row against the bf16 peak measured in the same run."""
+    peak = res.get("env", {}).get("bf16_tflops")
+    for key, row in res.items():
+        if key.startswith("train:") and peak and row.get("achieved_tflops"):
+            row["mfu"] = row["achieved_tflops"] / peak
+
+
+def table(res: dict) -> str:
+    lines = [f"{'section':<18}{'status':<9}{'s':>6}  figures"]
+    for key, r in res.items():
+        if key in ("shapes", "total_s"):
+            continue
+        figs = ""
+        if key.startswith("train:") and "images_per_s" in r:
+            figs = (f"{r['arch']}/{r['patch']} b{r['batch']}: {r['images_per_s']:.0f} img/s, {r['step_ms']:.0f} ms, "
+                    f"peak {r['peak_mem_mib'] or 0:.0f} MiB, {r.get('gflop_per_image', 0):.0f} GFLOP/img, "
+                    f"MFU {100 * r.get('mfu', float('nan')):.1f}%")
+        elif key == "env" and "bf16_tflops" in r:
+            figs = (f"{r.get('gpu', 'cpu')}, torch {r.get('torch')}, {r.get('usable_cores')} cores; matmul bf16 "
+                    f"{r['bf16_tflops']:.3g} TFLOP/s, fp32 {r.get('fp32_tflops', float('nan')):.3g}")
+        elif key == "maxbatch" and "largest_batch" in r:
+            figs = (f"{r['arch']}/{r['patch']}: largest batch {r['largest_batch']}, "
+                    f"peak {r.get('peak_mem_mib') or 0:.0f} MiB")
+        elif key == "precision" and "last10_mean_rel_diff" in r:
+            figs = (f"last-10 mean loss rel. diff {100 * r['last10_mean_rel_diff']:.2f}%, max per step "
+                    f"{100 * r['max_rel_diff']:.2f}%, agree={r['agree']}")
+        elif key == "ddp" and "steps" in r:
+            figs = f"backend {r.get('backend')}, {r['steps']} steps, loss {r['final_loss']:.4f}"
+        elif key == "loader":
+            figs = ", ".join(f"{k.removesuffix('_images_per_s')} {v:.0f}" for k, v in r.items()
+                             if k.endswith("_images_per_s")) + " img/s"
+        if r.get("error"):
+            figs = (figs + "; " if figs else "") + f"error: {r['error'][:120]}"
+        lines.append(f"{key:<18}{r['status']:<9}{r['seconds']:>6.0f}  {figs}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="gpu_check_out", help="folder for gpu_check.json and the sections' files")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (gloo), same code paths")
+    p.add_argument("--budget", type=float,
+                   help="seconds for all sections (default 450; --smoke 1500, a guard against hangs only)")
+    p.add_argument("--only", help="comma-separated section names (e.g. train:0:eager,loader)")
+    p.add_argument("--section", help=argparse.SUPPRESS)
+    p.add_argument("--section-out", help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=60, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    sh = smoke_shapes() if args.smoke else Shapes()
+    if args.section == "ddp-worker":
+        return ddp_worker(args)
+    if args.section:
+        kind, *rest = args.section.split(":")
+        extra = {"timeout": args.timeout}
+        if kind == "train":
+            extra.update(index=int(rest[0]), mode=rest[1])
+        return SECTION_FNS[kind](sh, Recorder(Path(args.section_out)), extra)
+
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device here; run with --smoke for the CPU version of the same code")
+    out = Path(args.out)
+    (out / "sections").mkdir(parents=True, exist_ok=True)
+    budget = args.budget or sh.budget_s
+    wanted = set(args.only.split(",")) if args.only else None
+    sections = [s for s in SECTIONS if (wanted is None or s[0] in wanted)
+                and not (s[0].startswith("train:") and int(s[0].split(":")[1]) >= len(sh.train))]
+    t0 = time.perf_counter()
+    res: dict = {"shapes": asdict(sh)}
+    for name, box, minimum in sections:
+        box, minimum = box * sh.box_scale, minimum * sh.box_scale
+        left = budget - (time.perf_counter() - t0)
+        if left < minimum:
+            res[name] = {"status": "skipped", "seconds": 0.0, "error": f"{left:.0f} s left of the budget"}
+            continue
+        res[name] = run_section(name, min(box, left), out, args.smoke)
+        print(f"[{time.perf_counter() - t0:5.0f} s] {name}: {res[name]['status']}", file=sys.stderr, flush=True)
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    mfu(res)
+    (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
+    print(table(res))
+    print(json.dumps({k: v for k, v in res.items() if k != "shapes"}, default=str))
+    print(f"written: {out / 'gpu_check.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
