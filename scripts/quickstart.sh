@@ -4,7 +4,7 @@
 # Extra arguments go to `ijepa train` (e.g. optimization.epochs=1 for a shorter look).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+IJEPA_EXTRAS=${IJEPA_EXTRAS-} source scripts/setup.sh   # the core install: the quick start needs no extras
 RUN=${IJEPA_RUN:-runs/quickstart}
-ijepa train --out "$RUN" "$@"
+ijepa train --out "$RUN" "$@"   # no --config: the CPU default's rung for this machine (printed)
 ijepa eval "$RUN" --protocol fmnist-probe --baselines random,pixels

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a working copy: a virtual environment in .venv with ijepa installed editable (and its test extras),
+# Set up a working copy: a virtual environment in .venv with ijepa installed editable (and the extras in
+# IJEPA_EXTRAS, default: test),
 # and Fashion-MNIST from Debian's package when it is missing. Safe to re-run; sourced by quickstart.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,7 +15,10 @@ source .venv/bin/activate
 python -m pip install -q --upgrade pip
 # torch first, pinned to the build this machine kind mirrors: a looser pin would pull a multi-GB download.
 python -m pip install -q "torch==${IJEPA_TORCH_VERSION:-2.14.1}" "torchvision==${IJEPA_TORCHVISION_VERSION:-0.29.1}"
-python -m pip install -q -e ".[test]"
+# The extras to install: the test suite's by default; the quick start needs none (IJEPA_EXTRAS= installs the core only,
+# a minute less on a fresh machine).
+EXTRAS=${IJEPA_EXTRAS-test}
+python -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
 
 FMNIST=${IJEPA_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 if [ ! -e "$FMNIST/train-images-idx3-ubyte.gz" ] && [ ! -e "$FMNIST/train-images-idx3-ubyte" ]; then

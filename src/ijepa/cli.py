@@ -10,8 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import DEFAULT_CONFIG, available_configs, describe, load_config
+from .config import available_configs, describe, load_config
 from .errors import IJepaError
+from .ladder import choose_rung, describe_ladder
 
 TRAIN_EPILOG = """\
 overrides:
@@ -20,7 +21,10 @@ overrides:
   `ijepa config --keys` lists every key with its default and meaning.
 
 shipped configs (--config NAME): {configs}
-  With no --config, the CPU default '{default}' trains on Fashion-MNIST.
+
+the CPU default (no --config): a small ViT on Fashion-MNIST, the rung of this ladder that the machine can afford
+(the choice and its reason are printed; docs/cpu-recipe.md has each rung's figures):
+{ladder}
 
 distributed:
   torchrun --nproc_per_node 8 -m ijepa train --config in1k_vith14_ep300 data.root_path=/data ...
@@ -32,8 +36,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # Each command imports what it runs here, not at the top: building the parser (`ijepa --help`) stays light.
     from .train.loop import train
 
-    cfg = load_config(args.config, args.overrides)
-    out = args.out or cfg.logging.folder or f"runs/{Path(args.config or DEFAULT_CONFIG).stem}"
+    name = args.config
+    if name is None:
+        rung, why = choose_rung()
+        name = rung.config
+        print(f"CPU default: {name}, because {why}; --config NAME runs another", flush=True)
+    cfg = load_config(name, args.overrides)
+    out = args.out or cfg.logging.folder or f"runs/{Path(name).stem}"
     cfg.logging.folder = str(out)
     summary = train(cfg, out)
     if summary.get("world_size", 1) == 1 or _is_rank0():
@@ -67,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resolved config.yaml, log.csv (one row per step), monitor.csv (collapse "
                                    "checks), summary.json and checkpoints (<tag>-latest.pth.tar, <tag>-epN.pth.tar)."
                                    " Re-running the same command resumes from the latest checkpoint.",
-                       epilog=TRAIN_EPILOG.format(configs=", ".join(available_configs()), default=DEFAULT_CONFIG),
+                       epilog=TRAIN_EPILOG.format(configs=", ".join(available_configs()), ladder=describe_ladder()),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", "-c", help=f"YAML file or shipped config name (default: {DEFAULT_CONFIG})")
+    t.add_argument("--config", "-c",
+                   help="YAML file or shipped config name (default: the CPU default's rung for this machine, below)")
     t.add_argument("--out", "-o", help="run folder (default: logging.folder, else runs/<config name>)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
     t.set_defaults(func=_cmd_train)

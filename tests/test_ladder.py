@@ -1,0 +1,44 @@
+"""The CPU default's ladder: the rung `ijepa train` picks with no --config, on mocked capabilities, and the rungs'
+configs themselves."""
+
+import pytest
+
+import ijepa.device
+import ijepa.train.loop
+from ijepa.cli import main
+from ijepa.config import load_config
+from ijepa.ladder import LADDER, choose_rung, describe_ladder
+
+
+@pytest.mark.parametrize("native, expected", [(True, "fmnist_cpu"), (False, "fmnist_cpu_fp32")])
+def test_the_rung_follows_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(ijepa.device, "bf16_supported", lambda device: native)
+    rung, why = choose_rung("cpu")
+    assert rung.config == expected
+    assert ("no native" in why) == (not native)
+    if not native:  # the reason is measured, in numbers
+        assert "GFLOP/s" in why
+
+
+def test_every_rung_is_a_valid_shipped_config_and_the_fp32_rung_runs_fp32():
+    cfgs = {r.config: load_config(r.config) for r in LADDER}
+    assert cfgs["fmnist_cpu"].meta.use_bfloat16
+    assert not cfgs["fmnist_cpu_fp32"].meta.use_bfloat16
+    assert cfgs["fmnist_cpu_fp32"].data.crop_size == 28
+    for r in LADDER:
+        assert r.config in describe_ladder()
+
+
+def test_train_without_config_says_which_rung_and_why(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(ijepa.device, "bf16_supported", lambda device: False)
+    seen = {}
+
+    def fake_train(cfg, out):
+        seen["model"], seen["bf16"], seen["out"] = cfg.meta.model_name, cfg.meta.use_bfloat16, str(out)
+        return {"steps": 0}
+
+    monkeypatch.setattr(ijepa.train.loop, "train", fake_train)
+    assert main(["train", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "CPU default: fmnist_cpu_fp32, because this cpu has no native units for bf16" in out
+    assert seen == {"model": "vit_small", "bf16": False, "out": str(tmp_path / "run")}
