@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from . import VizError
+from . import VizError, stochastic_cli
 
 MASKS_EPILOG = """\
 examples:
@@ -127,8 +127,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if st:
         title += (f"; decoder: {st['val_psnr']:.1f} dB PSNR on held-out images "
                   f"(mean image {st['mean_image_psnr']:.1f} dB)")
-    fig = draw_predictions(rendered, names=shown.names, title=title)
-    print(f"wrote {save_figure(fig, args.out)}")
+    if not args.stochastic_decoder:  # with one, --out is the picture of samples (below)
+        print(f"wrote {save_figure(draw_predictions(rendered, names=shown.names, title=title), args.out)}")
+    probe = probe_boxes = None
     if args.measure:
         probe = load_images(spec, args.measure, dataset=dataset, root=root, split=args.split, seed=args.seed + 2,
                             exclude=gal_set.indices if same_pool else ())
@@ -137,6 +138,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         m = box_specificity(wm, probe.images, probe_boxes, decoder=decoder, gallery=gallery)
         print(f"box specificity over {args.measure} images (own prediction vs another image's, same box):")
         print(json.dumps({k: round(v, 5) for k, v in m.items()}, indent=2))
+    if args.stochastic_decoder:
+        judge = None  # the semantic test's classifier trains on real training images (labelled datasets only)
+        if probe is not None and dataset != "folder":
+            judge = load_images(spec, args.judge_images, dataset=dataset, root=root, split="train", seed=args.seed + 3)
+        stochastic_cli.predict(args, wm, shown, boxes, decoder, probe, probe_boxes, judge)
     return 0
 
 
@@ -154,10 +160,15 @@ def cmd_train_decoder(args: argparse.Namespace) -> int:
     val = load_images(spec, args.val_images, dataset=dataset, root=root, split="train" if folder else "test",
                       seed=args.seed + 1, exclude=train.indices if folder else ())
     minutes = args.minutes if args.minutes is not None or args.steps is not None else 3.0
+    if args.kind == "stochastic":
+        from .predict import mask_config_of
+
+        return stochastic_cli.train(args, encoder, train.images, val.images, mask_config_of(args.model), minutes)
     print(f"training a pixel decoder on {len(train.images)} images' {getattr(encoder, 'source', args.model)} "
           f"features ({f'{args.steps} steps' if args.steps else f'{minutes} min'})", flush=True)
     decoder, stats = train_decoder(encoder, train.images, val_images=val.images, steps=args.steps, minutes=minutes,
-                                   batch_size=args.batch_size, lr=args.lr, hidden=args.hidden, depth=args.depth,
+                                   batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
+                                   depth=args.depth if args.depth is not None else 2,
                                    seed=args.seed, log=lambda m: print(m, flush=True), log_every=args.log_every)
     path = save_decoder(decoder, args.out, input_spec=spec, source=str(getattr(encoder, "source", args.model)),
                         stats=stats)
@@ -251,6 +262,10 @@ def register(subparsers) -> None:
                    help="also print how much closer each prediction is to its own image than another image's "
                         "prediction is, over this many images (0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge-images", type=int, default=6000,
+                   help="with --stochastic-decoder and --measure: training images of the semantic test's classifier")
+    p.add_argument("--judge-steps", type=int, default=600, help="its training steps (batch 128)")
+    stochastic_cli.add_predict_args(p)
     p.set_defaults(func=_guard(cmd_predict))
 
     t = subparsers.add_parser("train-decoder", help="train a pixel decoder on frozen target-encoder features",
@@ -269,7 +284,8 @@ def register(subparsers) -> None:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--hidden", type=int, default=128, help="decoder width")
-    t.add_argument("--depth", type=int, default=2, help="residual conv blocks over the token grid")
+    t.add_argument("--depth", type=int, help="residual conv blocks over the token grid (default 2; stochastic: 4)")
     t.add_argument("--log-every", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
+    stochastic_cli.add_train_args(t)
     t.set_defaults(func=_guard(cmd_train_decoder))
