@@ -1,13 +1,17 @@
 """Training-step benchmark: images/s, step-time breakdown, peak memory and model-FLOP utilisation.
 
-    python benchmarks/train_step.py                                   # ViT-tiny/4, 32 px, batch 128, fp32 + bf16
+    python benchmarks/train_step.py                                   # ViT-tiny/4, 32 px, batch 128, what runs here
     python benchmarks/train_step.py --arch vit_base --patch 16 --img 224 --batch 64 --device cuda --compile
     python benchmarks/train_step.py --dtypes bf16 --variant one-pass:meta.pred_one_pass=true   # an option's ratio
 
 Each configuration (dtype × eager/compile) runs in a fresh subprocess so its peak memory (CUDA: max allocated;
 CPU: the process's peak RSS growth over the model set-up) is its own. The matmul peak of the same dtype is
 measured in the same run (a large square matmul), and the script prints every ratio against the first
-configuration (fp32 eager by default) measured in the same run. ``--variant NAME:key=value,...`` adds the same
+configuration (fp32 eager by default) measured in the same run. With no ``--dtypes`` it times what the precision
+policy (``ijepa.precision``) would run on this device, after fp32 for the ratio: fp32 and bf16 where bf16 is
+native, fp32 and fp16 on a CUDA GPU without bf16, fp32 alone elsewhere (an AVX2-only CPU emulates bf16 several
+hundred times slower). A dtype asked for explicitly that this device emulates is timed as asked, warned about,
+and marked ``(emulated)`` in the table and the JSON. ``--variant NAME:key=value,...`` adds the same
 measurements with extra config overrides (e.g. an option's speed-up against the default); an item written
 ``env:NAME=VALUE`` sets an environment variable in that variant's worker instead (allocator settings such as
 ``GLIBC_TUNABLES``). ``--rounds R`` measures the whole list R times, interleaved, and keeps each
@@ -146,7 +150,19 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def _row_name(r: dict) -> str:
-    return (r["variant"] + " " if r["variant"] else "") + r["dtype"] + (" compile" if r["compile"] else " eager")
+    return ((r["variant"] + " " if r["variant"] else "") + r["dtype"] + (" (emulated)" if r.get("emulated") else "")
+            + (" compile" if r["compile"] else " eager"))
+
+
+def resolve_dtypes(requested: str | None, device: torch.device) -> dict[str, bool]:
+    """The dtypes to time, each with whether this device emulates it (resolve_precision warns once about each)."""
+    from ijepa.precision import resolve_precision
+
+    if requested is None:
+        names = dict.fromkeys(["fp32", resolve_precision("auto", device).name])
+    else:
+        names = dict.fromkeys(resolve_precision(d.strip(), device).name for d in requested.split(",") if d.strip())
+    return {n: "emulated" in resolve_precision(n, device).reason for n in names}
 
 
 def main() -> None:
@@ -159,7 +175,8 @@ def main() -> None:
     p.add_argument("--pred-depth", type=int, default=6)
     p.add_argument("--pred-dim", type=int, default=384)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--dtypes", help="comma-separated bf16 / fp16 / fp32 / auto (default: fp32 and what the "
+                                    "precision policy would run here, when that differs)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile for each dtype")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -178,6 +195,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    dtypes = resolve_dtypes(args.dtypes, torch.device(args.device))
 
     variants = [("", [], {})]
     for v in args.variant:
@@ -185,7 +203,7 @@ def main() -> None:
         items = [o for o in kv.split(",") if o]
         env = dict(o[len("env:"):].split("=", 1) for o in items if o.startswith("env:"))
         variants.append((name, [o for o in items if not o.startswith("env:")], env))
-    configs = [(v, d, c) for v in variants for d in args.dtypes.split(",")
+    configs = [(v, d, c) for v in variants for d in dtypes
                for c in ([False, True] if args.compile else [False])]
     best: dict[int, dict] = {}
     for _, (i, ((vname, extra, env), dtype, comp)) in itertools.product(range(args.rounds), enumerate(configs)):
@@ -199,7 +217,8 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         if out.returncode:
             sys.exit(f"worker failed ({vname or 'base'} {dtype}, compile={comp}):\n{out.stderr[-3000:]}")
-        r = {**json.loads(out.stdout.strip().splitlines()[-1]), "variant": vname, "env": env}
+        r = {**json.loads(out.stdout.strip().splitlines()[-1]), "variant": vname, "env": env,
+             "emulated": dtypes[dtype]}
         if i not in best or r["step_ms"] < best[i]["step_ms"]:
             best[i] = r
     runs = [best[i] for i in range(len(configs))]
@@ -209,7 +228,7 @@ def main() -> None:
              f"{args.pred_dim}, {args.device} ({torch.get_num_threads()} threads)"
              + (f", fastest of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
     print(title)
-    width = max(14, *(len(r["variant"]) + 16 for r in runs))
+    width = max(14, *(len(_row_name(r)) + 2 for r in runs))
     print(f"{'config':<{width}}{'step ms':>9}{'img/s':>8}{'vs first':>9}{'peak MiB':>10}{'GFLOP/img':>11}"
           f"{'TFLOP/s':>9}{'peak':>8}{'MFU':>7}")
     for r in runs:

@@ -109,7 +109,7 @@ def test_cosine_schedule_and_config_validation():
     for bad, field in [({"lr": -1.0}, "lr"), ({"layer_decay": 0.0}, "layer_decay"),
                        ({"layer_decay": 1.5}, "layer_decay"), ({"label_smoothing": 1.0}, "label_smoothing"),
                        ({"epochs": 0}, "epochs"), ({"epochs": 2, "warmup_epochs": 3}, "warmup_epochs"),
-                       ({"dtype": "fp16"}, "dtype"), ({"crop_scale": (0.0, 1.0)}, "crop_scale"),
+                       ({"dtype": "fp8"}, "dtype"), ({"crop_scale": (0.0, 1.0)}, "crop_scale"),
                        ({"clip_grad": 0.0}, "clip_grad"), ({"drop_path": float("nan")}, "drop_path"),
                        ({"batch_size": 2.5}, "batch_size"), ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr")]:
         with pytest.raises(ConfigError, match=rf"finetune\.{field}"):

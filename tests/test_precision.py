@@ -91,3 +91,85 @@ def test_fp16_scaler_skips_a_step_with_inf_gradients_and_backs_off():
 def test_bf16_and_fp32_need_no_scaler():
     for name in ("bf16", "fp32"):
         assert not P.Precision(name, "cpu").grad_scaler().is_enabled()
+
+
+# ------------------------------------------------------------------------------------------ backward_step
+
+def _toy(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.GELU(), torch.nn.Linear(8, 1))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2), torch.randn(16, 6)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_backward_step_with_a_disabled_scaler_is_the_plain_step_bit_for_bit(clip):
+    m1, o1, x = _toy()
+    m2, o2, _ = _toy()
+    for _ in range(3):
+        m1(x).pow(2).mean().backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(list(m1.parameters()), clip)
+        o1.step()
+        o1.zero_grad()
+        P.backward_step(m2(x).pow(2).mean(), o2, P.Precision("fp32", "cpu").grad_scaler(), clip_grad=clip)
+        o2.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+def test_backward_step_fp16_takes_a_step_skips_an_inf_one_and_clips_in_true_units():
+    model, opt, x = _toy()
+    p = P.Precision("fp16", "cpu")
+    scaler = p.grad_scaler()
+    before = [t.detach().clone() for t in model.parameters()]
+    with p.autocast():
+        out = model(x)
+    assert out.dtype == torch.float16
+    scale0 = scaler.get_scale()
+    P.backward_step(out.float().pow(2).mean() * float("inf"), opt, scaler)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # skipped
+    assert scaler.get_scale() == scale0 / 2
+    opt.zero_grad()
+    with p.autocast():
+        loss = model(x).float().pow(2).mean()
+    P.backward_step(loss, opt, scaler, clip_grad=1e-3)
+    assert scaler.get_scale() == scale0 / 2  # taken: no back-off
+    grads = torch.cat([t.grad.flatten() for t in model.parameters()])
+    assert grads.norm() <= 1e-3 * 1.01  # unscaled before clipping: the clip is in the loss's own units
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ----------------------------------------------------------------------- the paths that resolve through it
+
+def test_extraction_and_the_attentive_probe_run_fp16_through_the_policy(monkeypatch):
+    from ijepa.eval import extract_features, train_attentive_probe
+    from ijepa.models.vit import build_encoder
+    _caps(monkeypatch, bf16=False, cuda=False)
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=16, in_chans=1).eval()
+    images = torch.randint(0, 256, (6, 16, 16), dtype=torch.uint8)
+    with pytest.warns(RuntimeWarning, match="fp16 was asked for"):
+        f16 = extract_features(enc, images, dtype="fp16", progress=False)
+    f32 = extract_features(enc, images, dtype="fp32", progress=False)
+    assert f16.dtype == torch.float32 and not torch.equal(f16, f32)
+    torch.testing.assert_close(f16, f32, atol=0.05, rtol=0.05)
+    with pytest.raises(ConfigError, match="fp8"):
+        extract_features(enc, images, dtype="fp8", progress=False)
+    tokens, y = torch.randn(32, 4, 8), torch.arange(32) % 2
+    res = train_attentive_probe(tokens, y, tokens, y, epochs=2, batch_size=8, dtype="fp16")
+    assert res["precision"].startswith("fp16") and 0.0 <= res["accuracy"] <= 1.0
+
+
+def test_the_benchmark_times_what_the_policy_runs_and_marks_an_emulated_dtype(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("train_step_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _caps(monkeypatch, bf16=False, cuda=False)  # an AVX2-only CPU
+    assert bench.resolve_dtypes(None, torch.device("cpu")) == {"fp32": False}
+    with pytest.warns(RuntimeWarning, match="bf16 was asked for"):
+        assert bench.resolve_dtypes("fp32,bf16", torch.device("cpu")) == {"fp32": False, "bf16": True}
+    _caps(monkeypatch, bf16=True, cuda=False)  # Zen 4 / Sapphire Rapids
+    assert bench.resolve_dtypes(None, torch.device("cpu")) == {"fp32": False, "bf16": False}
+    assert "(emulated)" in bench._row_name({"variant": "", "dtype": "bf16", "emulated": True, "compile": False})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import available_configs, describe, load_config
+from .config import PRECISIONS, available_configs, describe, load_config
 from .errors import IJepaError
 from .ladder import choose_rung, describe_ladder
 
@@ -30,6 +30,8 @@ distributed:
   torchrun --nproc_per_node 8 -m ijepa train --config in1k_vith14_ep300 data.root_path=/data ...
   (or under SLURM, srun one task per GPU; see docs/distributed.md)
 """
+DTYPE_HELP = ("the precision policy (meta.precision in training): auto = bf16 where native, fp16 with a gradient "
+              "scaler on CUDA GPUs without bf16, fp32 elsewhere; an emulated bf16/fp16 runs as asked, with a warning")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -118,11 +120,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .eval.extract import extract_features, save_features
     from .eval.run import fashion_mnist_data, folder_data, load_model
+    from .precision import resolve_precision
 
     encoder = load_model(args.model, args.which, args.path)
     if args.dataset == "fashion_mnist":
         split = getattr(fashion_mnist_data(args.root, args.limit), args.split)
-        feats = extract_features(encoder, split.images, pooling=args.pooling, batch_size=args.batch_size)
+        feats = extract_features(encoder, split.images, pooling=args.pooling, batch_size=args.batch_size,
+                                 dtype=args.dtype)
         labels = split.labels
     else:
         from .data.datasets import FlatImageFolder
@@ -135,9 +139,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         else:
             ds = FlatImageFolder(args.root, tf)
         feats, labels = extract_features(encoder, ds, pooling=args.pooling, batch_size=args.batch_size,
-                                         return_labels=True, prepare=False)
+                                         return_labels=True, prepare=False, dtype=args.dtype)
     path = save_features(args.out, feats, labels)
-    print(f"{tuple(feats.shape)} features ({args.pooling} pooling, {encoder.source}) -> {path}")
+    precision = resolve_precision(args.dtype, next(encoder.parameters()).device)
+    print(f"{tuple(feats.shape)} features ({args.pooling} pooling, {precision}, {encoder.source}) -> {path}")
     return 0
 
 
@@ -253,7 +258,7 @@ def _register_eval_commands(sub) -> None:
     f.add_argument("--label-smoothing", type=float, help="default 0.1")
     f.add_argument("--drop-path", type=float, help="stochastic depth of the last block (default 0.1)")
     f.add_argument("--clip-grad", type=float, help="max gradient norm (default: no clipping)")
-    f.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast where it pays")
+    f.add_argument("--dtype", choices=PRECISIONS, help=DTYPE_HELP)
     f.add_argument("--seed", type=int, help="default 0")
     f.add_argument("--no-augment", action="store_true", help="no random-resized crop or flip")
     f.add_argument("--limit", type=int, help="use only N images of each split")
@@ -271,6 +276,7 @@ def _register_eval_commands(sub) -> None:
     x.add_argument("--limit", type=int)
     x.add_argument("--pooling", default="mean", choices=["mean", "last4", "tokens"])
     x.add_argument("--batch-size", type=int, default=256)
+    x.add_argument("--dtype", choices=PRECISIONS, default="auto", help=DTYPE_HELP)
     x.add_argument("--out", "-o", required=True, help="features file: .npy (labels beside it) or .safetensors")
     x.set_defaults(func=_cmd_extract)
 

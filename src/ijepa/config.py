@@ -29,6 +29,8 @@ ENCODER_WIDTH_HEADS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": 
                        "vit_huge": (1280, 16), "vit_giant": (1408, 16), "vit_gigantic": (1664, 16)}
 ENCODER_NAMES = tuple(ENCODER_WIDTH_HEADS)
 DEFAULT_CONFIG = "fmnist_cpu"
+# The precision policy's choices (ijepa.precision resolves them; kept here so configs and the CLI stay torch-free)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def _f(default: Any, help: str, **kw) -> Any:

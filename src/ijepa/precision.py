@@ -15,15 +15,16 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
+from .config import PRECISIONS
 from .device import bf16_supported
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _warned: set[tuple[str, str]] = set()
 
-__all__ = ["PRECISIONS", "Precision", "matmul_gflops", "resolve_precision"]
+__all__ = ["PRECISIONS", "Precision", "backward_step", "matmul_gflops", "resolve_precision"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,26 @@ class Precision:
 
     def __str__(self) -> str:
         return f"{self.name} ({self.reason})" if self.reason else self.name
+
+
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
+                  clip_grad: float | None = None, params: list[torch.Tensor] | None = None) -> None:
+    """Backward, optional gradient-norm clipping, optimizer step, through ``scaler`` (a :meth:`Precision.grad_scaler`).
+
+    fp16: the loss is scaled before backward, the gradients unscaled before clipping (so ``clip_grad`` is in true
+    units), and a step whose gradients hold inf/NaN is skipped (the scale backs off; ``scaler.get_scale()`` tells,
+    at the cost of a host sync, so nothing here asks). With a disabled scaler (bf16, fp32) every call is the plain
+    ``backward(); clip; step()``, bit for bit. The profiler sees the two halves as "backward" and "optimizer"."""
+    with record_function("backward"):
+        scaler.scale(loss).backward()
+    with record_function("optimizer"):
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            if params is None:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        scaler.step(optimizer)  # a disabled scaler calls optimizer.step() and nothing else
+        scaler.update()
 
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device | str = "cpu", n: int = 256, budget_s: float = 0.2) -> float:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..optim import param_groups, set_lr, warmup_cosine
+from ..precision import Precision, backward_step, resolve_precision
 
 __all__ = ["AttentiveProbe", "train_attentive_probe"]
 
@@ -142,19 +143,14 @@ def _fetch(source: TokenSource, idx: torch.Tensor, device: torch.device) -> torc
     return t.to(device, non_blocking=True).float()
 
 
-def _autocast(device: torch.device, dtype: str):
-    from .extract import _autocast as ac
-    return ac(device, dtype)
-
-
 @torch.no_grad()
 def _evaluate(model: AttentiveProbe, source: TokenSource, y: torch.Tensor, batch_size: int,
-              device: torch.device, dtype: str) -> float:
+              device: torch.device, precision: Precision) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(y), batch_size):
         idx = torch.arange(i, min(i + batch_size, len(y)))
-        with _autocast(device, dtype):
+        with precision.autocast():
             logits = model(_fetch(source, idx, device))
         correct += (logits.argmax(1).cpu() == y[idx]).sum().item()
     return correct / max(len(y), 1)
@@ -178,9 +174,10 @@ def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.
 
     AdamW (weight decay on matrices and query tokens, not on biases/norms), learning rate with a linear
     warm-up over ``warmup_fraction`` of the steps then cosine decay to 0, per step; cross-entropy loss.
-    ``dtype``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` autocast, as in feature extraction.
+    ``dtype``: ``"fp32"`` (default), ``"auto"``, ``"bf16"`` or ``"fp16"`` (with a gradient scaler), resolved by
+    the one precision policy as in feature extraction (:func:`ijepa.precision.resolve_precision`).
 
-    Returns ``{"accuracy", "train_accuracy", "final_loss", "epochs", "seconds", "model"}``;
+    Returns ``{"accuracy", "train_accuracy", "final_loss", "epochs", "seconds", "precision", "model"}``;
     ``train_accuracy`` is None unless ``eval_train`` (it costs another pass over the training tokens).
     """
     t0 = time.perf_counter()
@@ -200,6 +197,8 @@ def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.
         model = AttentiveProbe(dim, C, num_queries=num_queries, num_heads=num_heads, depth=depth).to(dev)
 
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
+    precision = resolve_precision(dtype, dev)
+    scaler = precision.grad_scaler()
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(1, epochs * steps_per_epoch)
     warmup = int(warmup_fraction * total)
@@ -215,18 +214,18 @@ def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.
             idx = perm[i:i + batch_size]
             x = _fetch(train_tokens, idx, dev)
             set_lr(opt, warmup_cosine(step, total, warmup, lr, warmup_offset=1))
-            with _autocast(dev, dtype):
+            with precision.autocast():
                 loss = F.cross_entropy(model(x).float(), train_y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            backward_step(loss, opt, scaler)
             step += 1
             loss_sum += loss.item() * len(idx)
             loss_n += len(idx)
 
     model.requires_grad_(False)
     eval_bs = max(batch_size, 256)
-    train_acc = _evaluate(model, train_tokens, train_y, eval_bs, dev, dtype) if eval_train else None
-    test_acc = _evaluate(model, test_tokens, test_y, eval_bs, dev, dtype)
+    train_acc = _evaluate(model, train_tokens, train_y, eval_bs, dev, precision) if eval_train else None
+    test_acc = _evaluate(model, test_tokens, test_y, eval_bs, dev, precision)
     return {"accuracy": test_acc, "train_accuracy": train_acc, "final_loss": loss_sum / max(loss_n, 1),
-            "epochs": epochs, "seconds": time.perf_counter() - t0, "model": model.eval()}
+            "epochs": epochs, "seconds": time.perf_counter() - t0, "precision": str(precision),
+            "model": model.eval()}

@@ -9,7 +9,6 @@ through exactly the same preprocessing as a trained model.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.datasets import dataset_info, read_sample, sample_source
 from ..data.decode import Unreadable
 from ..device import bf16_supported
+from ..precision import resolve_precision
 from .feature_file import FeatureSet, load_features, save_features
 
 __all__ = ["POOLINGS", "FeatureSet", "bf16_supported", "default_input_spec", "extract_feature_set",
@@ -138,15 +138,6 @@ def prepare_images(images: torch.Tensor | np.ndarray, input_spec: dict | None = 
 # ----------------------------------------------------------------------------------------------------------
 # extraction
 # ----------------------------------------------------------------------------------------------------------
-
-def _autocast(device: torch.device, dtype: str):
-    if dtype not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {dtype!r}")
-    use = dtype == "bf16" or (dtype == "auto" and bf16_supported(device))
-    if not use or device.type not in ("cuda", "cpu"):
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
 
 def _encoder_device(encoder: nn.Module) -> torch.device:
     for t in encoder.parameters():
@@ -290,8 +281,9 @@ def extract_feature_set(encoder: nn.Module | Callable[[torch.Tensor], torch.Tens
     an unusable item (``None``, or an unreadable file) gives no row and is listed in ``skipped`` with the reason,
     and ``rows`` says which input every row is (a file relative to the dataset's root, or an index). A
     DataLoader's batches are used as given (``prepare=False`` when its transform already normalises; ``rows``
-    is then ``None``). ``dtype="auto"`` uses bf16 autocast where the device runs it natively (see
-    :func:`bf16_supported`); ``"fp32"`` gives batch-size-independent results.
+    is then ``None``). ``dtype`` is ``auto | bf16 | fp16 | fp32``, resolved by the one precision policy
+    (:func:`ijepa.precision.resolve_precision`: ``auto`` is bf16 where the device runs it natively, fp16 on CUDA
+    GPUs without bf16, fp32 elsewhere); ``"fp32"`` gives batch-size-independent results.
 
     ``device``: where images are sent, by default the encoder's own device (the encoder is not moved).
     The encoder is put in eval mode for the extraction and its previous mode restored afterwards.
@@ -302,6 +294,7 @@ def extract_feature_set(encoder: nn.Module | Callable[[torch.Tensor], torch.Tens
         raise ValueError("batch_size must be >= 1")
     dev = torch.device(device) if device is not None else (
         _encoder_device(encoder) if isinstance(encoder, nn.Module) else torch.device("cpu"))
+    precision = resolve_precision(dtype, dev)
     spec = resolve_input_spec(encoder, input_spec) if prepare else None
     batches, total = _batches(images_or_dataset, batch_size, spec)
 
@@ -329,7 +322,7 @@ def extract_feature_set(encoder: nn.Module | Callable[[torch.Tensor], torch.Tens
                 imgs = b.images.to(dev, non_blocking=True)
                 # Preprocess on the target device: the uint8 batch is 4x smaller to move than the floats.
                 x = prepare_images(imgs, spec) if (spec is not None and not b.prepared) else imgs.float()
-                with torch.inference_mode(), _autocast(dev, dtype):
+                with torch.inference_mode(), precision.autocast():
                     f = _pool(encoder, x, pooling)
                 # Copied (outside inference mode) into ordinary tensors, which autograd can use later.
                 f = f.float()

@@ -15,7 +15,8 @@ The recipe is the MAE/BEiT fine-tuning one, minus the heavy augmentation:
 - per-step learning rate: linear warm-up over ``warmup_epochs``, then half-cosine down to ``min_lr``;
   ``lr`` is a *base* rate for 256 images, the peak is ``lr * batch_size / 256`` (MAE's linear scaling rule);
 - cross-entropy with ``label_smoothing``; stochastic depth ``drop_path`` (linear in depth, the ViT rule);
-  optional gradient-norm clipping; bf16 autocast where :func:`ijepa.device.bf16_supported` says it pays;
+  optional gradient-norm clipping; the precision policy's choice (:func:`ijepa.precision.resolve_precision`:
+  bf16 where native, fp16 with a gradient scaler on CUDA GPUs without bf16, fp32 elsewhere);
 - augmentation: random-resized crop (``crop_scale``) and horizontal flip, on whole batches in memory. Mixup,
   CutMix, RandAugment, random erasing and EMA of the weights are not implemented.
 
@@ -34,7 +35,7 @@ layer_decay           0.75         layer-wise lr decay factor, in (0, 1]; 1 = of
 label_smoothing       0.1          in [0, 1) [--label-smoothing]
 drop_path             0.1          stochastic depth of the last block (0 for the first) [--drop-path]
 clip_grad             None         max gradient norm, None = no clipping [--clip-grad]
-dtype                 "auto"       "auto" (bf16 where supported), "bf16" or "fp32" [--dtype]
+dtype                 "auto"       "auto" (the precision policy), "bf16", "fp16" or "fp32" [--dtype]
 seed                  0            head init, shuffling, augmentation, drop-path [--seed]
 random_resized_crop   True         random-resized crop to the encoder's input size [--no-augment: off]
 crop_scale            (0.35, 1.0)  area fraction range of the crop (MAE uses 0.08; mild for 28 px images)
@@ -70,7 +71,8 @@ from torch import nn
 from ..config import ConfigError
 from ..errors import CheckpointError, UnknownFormatError
 from ..io import atomic_write_json, read_json, read_safetensors, write_safetensors
-from .extract import _autocast, _encoder_device, as_nchw, prepare_images, resolve_input_spec
+from ..precision import PRECISIONS, backward_step, resolve_precision
+from .extract import _encoder_device, as_nchw, prepare_images, resolve_input_spec
 
 __all__ = ["ClassifierModel", "FinetuneConfig", "NonFiniteLossError", "cosine_lr", "evaluate_classifier",
            "finetune", "format_history", "layer_id_for", "load_classifier", "load_image_folder",
@@ -206,8 +208,8 @@ class FinetuneConfig:
             raise bad("drop_path", "in [0, 1)")
         if self.clip_grad is not None and number("clip_grad") <= 0:
             raise bad("clip_grad", "> 0 (or None for no clipping)")
-        if self.dtype not in ("auto", "bf16", "fp32"):
-            raise bad("dtype", "'auto', 'bf16' or 'fp32'")
+        if self.dtype not in PRECISIONS:
+            raise bad("dtype", " | ".join(PRECISIONS))
         for name in ("random_resized_crop", "hflip"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
@@ -351,6 +353,7 @@ def evaluate_classifier(model: nn.Module, images: Any, labels: Any, *, input_spe
     dev = torch.device(device) if device is not None else _encoder_device(model)
     spec = resolve_input_spec(getattr(model, "encoder", model), input_spec)
     was_training = model.training
+    precision = resolve_precision(dtype, dev)
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=dev)
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)  # summed on the device: no sync per batch
@@ -358,7 +361,7 @@ def evaluate_classifier(model: nn.Module, images: Any, labels: Any, *, input_spe
         for i in range(0, len(x_all), batch_size):
             x = prepare_images(x_all[i:i + batch_size].to(dev, non_blocking=True), spec)
             y = y_all[i:i + batch_size].to(dev)
-            with _autocast(dev, dtype):
+            with precision.autocast():
                 logits = model(x)
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
@@ -447,6 +450,8 @@ def _train(model: ClassifierModel, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
     fast = {"fused": True} if dev.type == "cuda" else {"foreach": True}  # as pretraining's optimizer
     opt = torch.optim.AdamW(groups, lr=cfg.peak_lr(), betas=(0.9, 0.999), **fast)
     params = [p for g in groups for p in g["params"]]
+    precision = resolve_precision(cfg.dtype, dev)
+    scaler = precision.grad_scaler()
     g = torch.Generator().manual_seed(cfg.seed)
     augment = _Augment(spec, cfg, g)
     n = len(x_tr)
@@ -477,14 +482,11 @@ def _train(model: ClassifierModel, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
                 lr = cosine_lr(step, total, warmup, cfg.peak_lr(), cfg.min_lr)
                 for group in opt.param_groups:
                     group["lr"] = lr * group["lr_scale"]
-                with _autocast(dev, cfg.dtype):
+                with precision.autocast():
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                opt.step()
+                backward_step(loss, opt, scaler, clip_grad=cfg.clip_grad, params=params)
                 loss_sum += loss.detach() * len(idx)
                 step += 1
                 bar.update(1)
@@ -517,7 +519,7 @@ def _train(model: ClassifierModel, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
     return {"train_loss": [r["train_loss"] for r in history], "val_top1": tops,
             "val_loss": [r["val_loss"] for r in history], "final_val_top1": tops[-1],
             "best_val_top1": tops[best], "best_epoch": best + 1, "history": history,
-            "peak_lr": cfg.peak_lr(), "steps": step}
+            "peak_lr": cfg.peak_lr(), "steps": step, "precision": str(precision)}
 
 
 # ----------------------------------------------------------------------------------------------------------

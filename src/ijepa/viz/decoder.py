@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..optim import param_groups, set_lr, warmup_cosine
+from ..precision import backward_step, resolve_precision
 from . import VizError
 from .features import encode
 
@@ -111,19 +112,22 @@ class DecoderStats:
     val_psnr: float
     mean_image_psnr: float
     val_l1: float
+    precision: str = "fp32"
 
 
 def train_decoder(target_encoder: nn.Module, train_images: torch.Tensor, *, val_images: torch.Tensor | None = None,
                   steps: int | None = None, minutes: float | None = None, batch_size: int = 128, lr: float = 2e-3,
                   hidden: int = 128, depth: int = 2, pixel_channels: int = 16, seed: int = 0,
-                  log: Callable[[str], None] | None = None, log_every: int = 100
+                  log: Callable[[str], None] | None = None, log_every: int = 100, dtype: str = "fp32"
                   ) -> tuple[PixelDecoder, DecoderStats]:
     """Train a :class:`PixelDecoder` on the frozen ``target_encoder``'s features of ``train_images``.
 
     Images are (N, C, H, W) in [0, 1] at the encoder's resolution; features are extracted once up front. Runs
     ``steps`` steps or for ``minutes`` (whichever is given; both: whichever ends first), AdamW with warmup and
     cosine decay over that budget. Held-out ``val_images`` give the reported PSNR, beside the PSNR of predicting
-    the training set's mean image for every image (the floor any decoder must clear).
+    the training set's mean image for every image (the floor any decoder must clear). ``dtype`` (auto | bf16 |
+    fp16 | fp32, the precision policy's; fp16 with a gradient scaler) runs the feature extraction and the
+    decoder's steps; fp32 by default, so a decoder's figures compare across machines.
     """
     if steps is None and minutes is None:
         raise VizError("give steps or minutes")
@@ -131,10 +135,12 @@ def train_decoder(target_encoder: nn.Module, train_images: torch.Tensor, *, val_
     encoder_dim = int(target_encoder.embed_dim)
     grid = tuple(target_encoder.grid_size)
     patch = int(target_encoder.patch_size)
-    feats = decoder_input(encode(target_encoder, train_images))
+    precision = resolve_precision(dtype, next(target_encoder.parameters()).device)
+    feats = decoder_input(encode(target_encoder, train_images, precision=precision))
     pixels = train_images.float()
     decoder = PixelDecoder(encoder_dim, grid, patch, pixels.shape[1], hidden, depth, pixel_channels)
     opt = torch.optim.AdamW(param_groups(decoder, 1e-4), lr=lr)
+    scaler = precision.grad_scaler()
     budget_s = minutes * 60.0 if minutes is not None else math.inf
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
@@ -147,10 +153,11 @@ def train_decoder(target_encoder: nn.Module, train_images: torch.Tensor, *, val_
             break
         set_lr(opt, warmup_cosine(progress, 1.0, 0.05, lr))  # over the budget's fraction spent
         idx = torch.randint(len(feats), (min(batch_size, len(feats)),), generator=g)
-        loss = F.l1_loss(decoder(feats[idx]), pixels[idx])
+        with precision.autocast():
+            recon = decoder(feats[idx])
+        loss = F.l1_loss(recon.float(), pixels[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        backward_step(loss, opt, scaler)
         step += 1
         if log and step % log_every == 0:
             log(f"step {step}: L1 {loss.item():.4f} ({elapsed:.0f} s)")
@@ -161,7 +168,7 @@ def train_decoder(target_encoder: nn.Module, train_images: torch.Tensor, *, val_
         recon = decode_images(decoder, target_encoder, val)
         mean_img = pixels.mean(0, keepdim=True).expand_as(val)
         stats = DecoderStats(step, seconds, len(train_images), len(val), psnr(recon, val), psnr(mean_img, val),
-                             F.l1_loss(recon.clamp(0, 1), val.float()).item())
+                             F.l1_loss(recon.clamp(0, 1), val.float()).item(), precision.name)
     return decoder, stats
 
 

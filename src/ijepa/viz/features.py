@@ -22,6 +22,7 @@ Also here: the image loading and figure saving the model-based pictures (feature
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.transforms import normalize_batch
+from ..precision import Precision
 from . import VizError
 
 # ----------------------------------------------------------------------------------------------- shared helpers
@@ -126,12 +128,15 @@ def encoder_input(images: torch.Tensor, encoder: torch.nn.Module) -> torch.Tenso
 
 
 @torch.no_grad()
-def encode(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Patch tokens (N, num_patches, D) of [0, 1] images, in batches, in fp32."""
+def encode(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256,
+           precision: Precision | None = None) -> torch.Tensor:
+    """Patch tokens (N, num_patches, D) of [0, 1] images, in batches, returned in fp32; computed in fp32 unless
+    ``precision`` (a :func:`ijepa.precision.resolve_precision` choice) says otherwise."""
     was_training = encoder.training
     encoder.eval()
-    out = [encoder(encoder_input(images[i:i + batch_size], encoder)).float()
-           for i in range(0, len(images), batch_size)]
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        out = [encoder(encoder_input(images[i:i + batch_size], encoder)).float()
+               for i in range(0, len(images), batch_size)]
     encoder.train(was_training)
     return torch.cat(out)
 
