@@ -10,8 +10,8 @@ of about ``cpu_chunk_tokens`` tokens (models/vit.py). The reference in every row
 ``--n-images`` images with ``ijepa.eval.extract.extract_features`` (bf16 autocast, as on this machine by default),
 the configurations take turns for ``--rounds`` rounds, and each keeps its fastest round. The outputs are checked
 to be equal before anything is timed. Prints a table with the ratio against the whole batch and writes JSON.
-The training step's ratio comes from ``benchmarks/train_step.py --override meta.cpu_chunk_tokens=0 --variant
-sliced:meta.cpu_chunk_tokens=1536``.
+The training step's ratio (0.98x, docs/performance.md) was measured with a training option since removed:
+training runs each batch whole.
 """
 
 from __future__ import annotations

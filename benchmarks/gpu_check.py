@@ -129,23 +129,21 @@ class Step:
 
     def __init__(self, cfg, device: torch.device, bf16: bool, compile_backend: str | None = None, seed: int = 0):
         from ijepa.masks import MultiBlockMaskSampler
-        from ijepa.train.loop import TrainState, build_models, build_optimizer
+        from ijepa.train.ijepa import IJEPA
+        from ijepa.train.loop import TrainState
         from ijepa.train.schedules import Schedules
 
         torch.manual_seed(seed)
         c = cfg.data.crop_size
         spec = {"image_size": (c, c), "in_chans": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3}
-        enc, pred, tgt = (m.to(device) for m in build_models(cfg, spec))
-        self.modules = (enc, pred, tgt)
-        opt = build_optimizer(enc, pred, cfg, device)
-        fwd = (enc, pred, tgt)
-        if compile_backend:
-            fwd = tuple(torch.compile(m, backend=compile_backend) for m in fwd)
-        self.state = TrainState(*fwd, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
-                                cfg.optimization.clip_grad, cfg.loss, (list(tgt.parameters()), list(enc.parameters())))
-        self.sampler = MultiBlockMaskSampler(enc.grid_size, cfg.mask)
+        self.model = IJEPA.from_config(cfg, spec).to(device)
+        opt = self.model.configure_optimizer(cfg.optimization, device.type)
+        fwd = self.model.compiled(backend=compile_backend) if compile_backend else None
+        self.state = TrainState(self.model, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
+                                cfg.optimization.clip_grad, fwd)
+        self.sampler = MultiBlockMaskSampler(self.model.grid_size, cfg.mask)
         self.device, self.crop = device, c
-        self.params = sum(p.numel() for p in enc.parameters())
+        self.params = sum(p.numel() for p in self.model.encoder.parameters())
 
     def masks(self, batch: int, seed: int):
         enc, pred = self.sampler(batch, torch.Generator().manual_seed(seed))
@@ -197,10 +195,8 @@ def _count_flops(step: Step, images, masks) -> float:
     """FLOPs of one real step per image (the eager modules: compiling changes how, not how much)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ijepa.train.loop import jepa_loss
-    enc, pred, tgt = step.modules
     with FlopCounterMode(display=False) as fc, torch.autocast(step.device.type, torch.bfloat16):
-        jepa_loss(enc, pred, tgt, images, *masks, step.state.loss).backward()
+        step.model(images, *masks).backward()
     step.free()
     return fc.get_total_flops() / images.shape[0]
 

@@ -20,7 +20,8 @@ from ijepa.config import load_config
 from ijepa.eval.extract import extract_features
 from ijepa.eval.linear import fmnist_probe
 from ijepa.models.vit import CPU_CHUNK_TOKENS
-from ijepa.train.loop import build_models, train
+from ijepa.train.ijepa import IJEPA
+from ijepa.train.loop import train
 from ijepa.train.monitor import rankme
 
 
@@ -48,7 +49,8 @@ def main() -> None:
     train_min = (time.perf_counter() - t0) / 60
     from ijepa.train.checkpoint import load_checkpoint
     ckpt = load_checkpoint(out / f"{cfg.logging.write_tag}-latest.pth.tar")
-    enc, _, tgt = build_models(cfg, ckpt["input_spec"])
+    model = IJEPA.from_config(cfg, ckpt["input_spec"])
+    enc, tgt = model.encoder, model.target_encoder
     tgt.load_state_dict(ckpt["target_encoder"])
     enc.load_state_dict(ckpt["encoder"])
     enc.cpu_chunk_tokens = tgt.cpu_chunk_tokens = CPU_CHUNK_TOKENS  # extraction's default, not training's
@@ -62,7 +64,7 @@ def main() -> None:
            "probe_minutes": round((time.perf_counter() - t1) / 60, 2)}
     if args.random_baseline:
         torch.manual_seed(cfg.meta.seed)
-        rnd, _, _ = build_models(cfg, ckpt["input_spec"])
+        rnd = IJEPA.from_config(cfg, ckpt["input_spec"]).encoder
         row["random_probe"], row["random_rankme"] = (round(v, 4) for v in probe(rnd))
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a") as f:

@@ -64,7 +64,8 @@ def worker(args: argparse.Namespace) -> dict:
     from ijepa.config import load_config
     from ijepa.data.transforms import BatchRandomResizedCrop
     from ijepa.masks import MaskConfig, MultiBlockMaskSampler
-    from ijepa.train.loop import TrainState, build_models, build_optimizer, train_step
+    from ijepa.train.ijepa import IJEPA
+    from ijepa.train.loop import TrainState, train_step
     from ijepa.train.schedules import Schedules
 
     device = torch.device(args.device)
@@ -78,13 +79,11 @@ def worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     spec = {"image_size": (args.img, args.img), "in_chans": args.chans, "mean": (0.5,) * args.chans,
             "std": (0.5,) * args.chans}
-    enc, pred, tgt = build_models(cfg, spec)
-    enc, pred, tgt = enc.to(device), pred.to(device), tgt.to(device)
-    opt = build_optimizer(enc, pred, cfg, device)
-    fe, fp, ft = (torch.compile(m) for m in (enc, pred, tgt)) if args.compile else (enc, pred, tgt)
-    state = TrainState(fe, fp, ft, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
-                       ema_pairs=(list(tgt.parameters()), list(enc.parameters())))
-    sampler = MultiBlockMaskSampler(enc.grid_size, MaskConfig(min_keep=4))
+    model = IJEPA.from_config(cfg, spec).to(device)
+    opt = model.configure_optimizer(cfg.optimization, device.type)
+    state = TrainState(model, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
+                       forward=model.compiled() if args.compile else None)
+    sampler = MultiBlockMaskSampler(model.grid_size, MaskConfig(min_keep=4))
     crop = BatchRandomResizedCrop(args.img, scale=(0.3, 1.0))
     raw = torch.randint(0, 256, (args.batch, args.chans, args.img, args.img), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)

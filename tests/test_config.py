@@ -37,7 +37,6 @@ def test_default_config_is_the_cpu_recipe():
     ("optimization.warmup=100", "optimization.warmup (100.0) is longer than the run"),
     ("data.mean=[0.5,0.5]", "data.mean has 2 values but data.in_chans is 1"),
     ("meta.init_std=0", "meta.init_std must be > 0"),
-    ("meta.cpu_chunk_tokens=-1", "meta.cpu_chunk_tokens must be >= 0"),
     ("meta.enc_embed_dim=0", "meta.enc_embed_dim must be > 0"),
     ("meta.enc_embed_dim=500", "meta.enc_embed_dim: width 500 does not divide into 12 heads"),
     ("meta.enc_num_heads=7", "meta.enc_num_heads: width 768 does not divide into 7 heads"),
@@ -125,12 +124,13 @@ def test_configuration_doc_is_current():
 
 
 def test_init_std_sets_the_encoders_init_only():
-    from ijepa.train.loop import build_models
+    from ijepa.train.ijepa import IJEPA
     spec = {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)}
     stds = {}
     for init_std in (0.02, 0.1):
         torch.manual_seed(0)
-        enc, pred, tgt = build_models(load_config(None, [f"meta.init_std={init_std}"]), spec)
+        m = IJEPA.from_config(load_config(None, [f"meta.init_std={init_std}"]), spec)
+        enc, pred, tgt = m.encoder, m.predictor, m.target_encoder
         stds[init_std] = (enc.blocks[0].mlp.fc1.weight.std().item(),
                           pred.predictor_blocks[0].mlp.fc1.weight.std().item())
         assert torch.equal(enc.blocks[0].mlp.fc1.weight, tgt.blocks[0].mlp.fc1.weight)
@@ -141,11 +141,12 @@ def test_init_std_sets_the_encoders_init_only():
 def test_encoder_shape_keys_override_the_size_and_survive_a_checkpoint(tmp_path):
     from ijepa import load
     from ijepa.train.checkpoint import save_checkpoint
-    from ijepa.train.loop import build_models
+    from ijepa.train.ijepa import IJEPA
     spec = {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)}
     cfg = load_config(None, ["meta.model_name=vit_small", "meta.enc_depth=2", "meta.enc_embed_dim=512",
                              "meta.enc_num_heads=4", "meta.enc_mlp_ratio=2"])
-    enc, pred, tgt = build_models(cfg, spec)
+    m = IJEPA.from_config(cfg, spec)
+    enc, pred, tgt = m.encoder, m.predictor, m.target_encoder
     assert (enc.embed_dim, enc.depth, enc.num_heads, enc.blocks[0].mlp.fc1.out_features) == (512, 2, 4, 1024)
     assert pred.predictor_embed.in_features == 512
     # the keys the training loop writes; 4 heads at width 512 is not what a guess from the weights gives (8)

@@ -49,11 +49,12 @@ def _fmnist(n: int, train: bool = True, start: int = 0) -> tuple[torch.Tensor, t
 
 def _world_model(steps: int) -> WorldModel:
     """A tiny I-JEPA trained briefly with the real loss, its target encoder frozen at init (a stable target)."""
-    from ijepa.train.loop import jepa_loss
+    from ijepa.train.ijepa import IJEPA
 
     target, encoder = _encoder(), _encoder()
     torch.manual_seed(1)
     predictor = build_predictor(encoder, predictor_embed_dim=32, depth=1, num_heads=2)
+    model = IJEPA(encoder, predictor, target)
     sampler = MultiBlockMaskSampler(7, MaskConfig(min_keep=4))
     x = (_fmnist(2048)[0] - 0.286) / 0.353
     opt = torch.optim.AdamW(list(encoder.parameters()) + list(predictor.parameters()), lr=5e-3)
@@ -63,7 +64,7 @@ def _world_model(steps: int) -> WorldModel:
     for _ in range(steps):
         idx = torch.randint(len(x), (32,), generator=g)
         masks_enc, masks_pred = sampler(32, g)
-        loss = jepa_loss(encoder, predictor, target, x[idx], masks_enc, masks_pred)
+        loss = model.loss(x[idx], masks_enc, masks_pred)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ijepa.config import load_config
+from ijepa.errors import ConfigError, UnsafeCheckpointError
 from ijepa.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ijepa.train.loop import NonFiniteLossError, train
 
@@ -81,7 +82,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_unreadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     (tmp_path / "jepa-latest.pth.tar").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read .*jepa-latest.pth.tar: the file is truncated, corrupt"):
         train(cfg_with("optimization.max_steps=2"), tmp_path)
 
 
@@ -114,7 +115,7 @@ class Evil:
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pth.tar"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(UnsafeCheckpointError, match="refused to unpickle .*evil.pth.tar"):
         load_checkpoint(path)
 
 
@@ -169,29 +170,28 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str):
 
 
 def _one_step(rank: int, world: int) -> dict:
-    """Build the models from one seed, take one training step on this rank's share of a fixed batch."""
+    """Build the model from one seed, take one training step on this rank's share of a fixed batch."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from ijepa.masks import MaskConfig, MultiBlockMaskSampler
     from ijepa.train import distributed as D
-    from ijepa.train.loop import TrainState, build_models, build_optimizer, train_step
+    from ijepa.train.ijepa import IJEPA
+    from ijepa.train.loop import TrainState, train_step
     from ijepa.train.schedules import Schedules
 
     cfg = cfg_with("meta.drop_path=0.0")
     torch.manual_seed(0)
-    enc, pred, tgt = build_models(cfg, {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)})
-    opt = build_optimizer(enc, pred, cfg, torch.device("cpu"))
+    model = IJEPA.from_config(cfg, {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)})
+    opt = model.configure_optimizer(cfg.optimization, "cpu")
     sched = Schedules.from_config(cfg.optimization, 10)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(16, 1, 28, 28, generator=g)
     masks_enc, masks_pred = MultiBlockMaskSampler(7, MaskConfig(min_keep=4))(16, g)
     share = slice(rank * 16 // world, (rank + 1) * 16 // world)
-    fe, fp = (DDP(enc), DDP(pred)) if world > 1 else (enc, pred)
-    state = TrainState(fe, fp, tgt, opt, sched, torch.device("cpu"), False,
-                       ema_pairs=(list(tgt.parameters()), list(enc.parameters())))
+    state = TrainState(model, opt, sched, torch.device("cpu"), False, forward=DDP(model) if world > 1 else None)
     loss = train_step(state, images[share], [m[share] for m in masks_enc], [m[share] for m in masks_pred], 3)
-    return {"loss": D.all_reduce_mean(loss).item(), "encoder": enc.state_dict(), "predictor": pred.state_dict(),
-            "target": tgt.state_dict()}
+    return {"loss": D.all_reduce_mean(loss).item(), "encoder": model.encoder.state_dict(),
+            "predictor": model.predictor.state_dict(), "target": model.target_encoder.state_dict()}
 
 
 @pytest.mark.slow
@@ -228,27 +228,22 @@ def test_training_streams_from_tar_shards(tmp_path):
     assert summary["steps"] == 2 and summary["skipped_images"] == 2  # the corrupt file, once per epoch
 
 
-def test_target_batch_norm_removes_what_depends_on_position_only():
-    from ijepa.train.loop import normalize_targets
+def test_targets_are_the_papers_layer_norm_shared_with_the_decoders():
+    from ijepa.models.targets import normalize_targets
+    from ijepa.viz.decoder import decoder_input
 
-    g = torch.Generator().manual_seed(0)
-    position = 5 * torch.randn(1, 9, 16, generator=g)  # the same for every image: position-only information
-    content = torch.randn(32, 9, 16, generator=g)
-    h = position + content
-    paper = normalize_targets(h, "none")
-    torch.testing.assert_close(paper, torch.nn.functional.layer_norm(h, (16,)))
-    # with the paper's targets the position part dominates; batch-centred targets keep only the content
-    assert paper.mean(0).pow(2).mean() > 0.5
-    centred = normalize_targets(h, "center")
-    assert centred.mean(0).abs().max() < 1e-5
-    torch.testing.assert_close(centred, paper - paper.mean(0, keepdim=True))
-    std = normalize_targets(h, "standardize")
-    torch.testing.assert_close(std.std(0), torch.ones(9, 16), atol=1e-4, rtol=0)
-    # the content part survives: standardised targets still tell the images apart as the raw content does
-    corr = torch.corrcoef(torch.stack([std[:, 0, 0], content[:, 0, 0]]))[0, 1]
-    assert corr > 0.5
-    with pytest.raises(Exception, match="target_batch_norm"):
-        cfg_with("loss.target_batch_norm=whiten")
+    h = 3 + 5 * torch.randn(4, 9, 16, dtype=torch.bfloat16)
+    t = normalize_targets(h)
+    assert t.dtype == torch.float32
+    torch.testing.assert_close(t, torch.nn.functional.layer_norm(h.float(), (16,)))
+    assert decoder_input is normalize_targets  # what the decoders read is what the predictor regresses
+
+
+@pytest.mark.parametrize("key, value", [("loss.target_batch_norm", "center"), ("meta.cpu_chunk_tokens", "1536")])
+def test_removed_training_options_fail_naming_the_removal(key, value):
+    with pytest.raises(ConfigError, match=f"^(fmnist_cpu.yaml: )?{key} was removed: ") as e:
+        cfg_with(f"{key}={value}")
+    assert "\n" not in str(e.value)
 
 
 def test_online_knn_runs_at_epoch_ends_only(tmp_path):
@@ -283,7 +278,7 @@ def test_monitor_checks_slice_the_batch_and_leave_the_training_setting_alone():
 
 
 def test_sigreg_measures_distance_from_an_isotropic_gaussian_and_its_gradient_closes_it():
-    from ijepa.train.loop import sigreg
+    from ijepa.train.ijepa import sigreg
 
     torch.manual_seed(0)
     gauss = torch.randn(256, 32)
@@ -321,3 +316,32 @@ def test_two_context_masks_train(tmp_path):
     summary = train(cfg_with("optimization.max_steps=32", "mask.num_enc_masks=2"), tmp_path)
     assert summary["steps"] == 32
     assert all(torch.isfinite(torch.tensor(v)) for v in read_losses(tmp_path).values())
+
+
+@pytest.mark.slow  # dynamo traces the three networks (the "eager" backend: no C++ compiler needed)
+def test_the_compiled_view_shares_the_parameters_and_computes_the_same_step():
+    from ijepa.masks import MaskConfig, MultiBlockMaskSampler
+    from ijepa.train.ijepa import IJEPA
+    from ijepa.train.loop import TrainState, train_step
+    from ijepa.train.schedules import Schedules
+
+    cfg = cfg_with("meta.drop_path=0.0")
+    spec = {"image_size": (28, 28), "in_chans": 1, "mean": (0.5,), "std": (0.5,)}
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(8, 1, 28, 28, generator=g)
+    masks = MultiBlockMaskSampler(7, MaskConfig(min_keep=4))(8, g)
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = IJEPA.from_config(cfg, spec)
+        view = model.compiled(backend="eager") if compiled else None
+        if view is not None:  # the view's networks are the model's own parameters, not copies
+            assert {id(p) for p in view.parameters()} == {id(p) for p in model.parameters()}
+        state = TrainState(model, model.configure_optimizer(cfg.optimization, "cpu"),
+                           Schedules.from_config(cfg.optimization, 10), torch.device("cpu"), False, forward=view)
+        losses = [train_step(state, images, *masks, i).item() for i in range(2)]
+        runs.append((losses, model.state_dict()))
+    assert runs[0][0] == pytest.approx(runs[1][0], abs=1e-6)
+    for k, v in runs[0][1].items():
+        torch.testing.assert_close(v, runs[1][1][k], atol=1e-6, rtol=0)
+    assert set(runs[0][1]) == set(runs[1][1])  # state-dict keys untouched by compiling

@@ -269,12 +269,13 @@ def test_box_ids_and_context_partition_the_grid():
 def _tiny_world_model(steps: int, lr: float = 5e-3, batch_size: int = 32):
     """A tiny I-JEPA trained for a few steps on Fashion-MNIST with the real loss: the target encoder frozen at
     init (so the predictor has a stable target in so few steps), the context encoder and predictor learnt."""
-    from ijepa.train.loop import jepa_loss
+    from ijepa.train.ijepa import IJEPA
 
     target = _tiny_encoder(seed=0, dim=32)
     encoder = _tiny_encoder(seed=0, dim=32)
     torch.manual_seed(1)
     predictor = build_predictor(encoder, predictor_embed_dim=32, depth=1, num_heads=2)
+    model = IJEPA(encoder, predictor, target)
     sampler = MultiBlockMaskSampler(7, MaskConfig(min_keep=4))
     x = (_fmnist(2048) - 0.286) / 0.353
     opt = torch.optim.AdamW(list(encoder.parameters()) + list(predictor.parameters()), lr=lr)
@@ -284,7 +285,7 @@ def _tiny_world_model(steps: int, lr: float = 5e-3, batch_size: int = 32):
     for _ in range(steps):
         idx = torch.randint(len(x), (batch_size,), generator=g)
         masks_enc, masks_pred = sampler(batch_size, g)
-        loss = jepa_loss(encoder, predictor, target, x[idx], masks_enc, masks_pred)
+        loss = model.loss(x[idx], masks_enc, masks_pred)
         opt.zero_grad()
         loss.backward()
         opt.step()

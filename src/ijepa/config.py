@@ -32,6 +32,14 @@ DEFAULT_CONFIG = "fmnist_cpu"
 # The precision policy's choices (ijepa.precision resolves them; kept here so configs and the CLI stay torch-free)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
+# Keys that existed and were taken out: naming one fails at start-up with why (docs/cpu-recipe.md has the runs).
+REMOVED_KEYS = {
+    "loss.target_batch_norm": "batch-centred or standardised targets (recipe rows tc, ts) scored below the paper's "
+                              "layer-normed targets, which the loss always uses now",
+    "meta.cpu_chunk_tokens": "slicing the batch on the CPU gained the training step nothing (0.98x); training runs "
+                             "each batch whole (feature extraction still slices, models/vit.py)",
+}
+
 
 def _f(default: Any, help: str, **kw) -> Any:
     if isinstance(default, (list, dict)):
@@ -66,11 +74,6 @@ class MetaConfig:
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     grad_checkpointing: bool = _f(False, "activation checkpointing in the context encoder (huge/gigantic)")
     threads: int | None = _f(None, "CPU threads for torch (null: torch's default)")
-    cpu_chunk_tokens: int = _f(0, "on the CPU, run the encoders' blocks on slices of the batch of about this "
-                                  "many tokens during training (0: the whole batch). The same result; the CPU "
-                                  "default's step gains nothing from it (0.98x, benchmarks/train_step.py), "
-                                  "unlike feature extraction (1.6x), where encoders slice at 1536 tokens "
-                                  "by default (benchmarks/cpu_chunks.py)")
 
     def check(self) -> None:
         if self.model_name not in ENCODER_NAMES:
@@ -79,8 +82,6 @@ class MetaConfig:
         _positive("meta", self, "enc_depth", "enc_embed_dim", "enc_num_heads", "enc_mlp_ratio", "pred_depth",
                   "pred_emb_dim", "pred_num_heads", "threads", "init_std")
         _in_range("meta.drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
-        if self.cpu_chunk_tokens < 0:
-            raise ConfigError(f"meta.cpu_chunk_tokens must be >= 0 (0: no slicing), got {self.cpu_chunk_tokens}")
         dim, heads = ENCODER_WIDTH_HEADS[self.model_name]
         dim, heads = self.enc_embed_dim or dim, self.enc_num_heads or heads
         if dim % heads:  # name the key the user set: heads alone, or the width
@@ -202,11 +203,6 @@ class LossConfig:
     var_weight: float = _f(0.0, "ours, not the paper's: weight of a VICReg variance term (hinge on the per-"
                                 "dimension std of the batch's pooled context features); 0 = the paper's loss")
     cov_weight: float = _f(0.0, "ours: weight of the VICReg covariance term on the same features")
-    target_batch_norm: Literal["none", "center", "standardize"] = _f(
-        "none", "ours: after the paper's layer norm, 'center' subtracts each patch position's mean over the batch "
-                "from the targets, 'standardize' also divides by its std, so the part of a target that depends on "
-                "position only (which the predictor can read off the mask token's position) leaves the loss; "
-                "'none' = the paper's targets. Statistics are per process under DDP")
     sigreg_weight: float = _f(0.0, "ours: weight of LeJEPA's SIGReg (distance of the batch's pooled context features "
                                    "from an isotropic Gaussian, on random 1-D projections); an alternative to the "
                                    "VICReg terms; 0 = off")
@@ -360,6 +356,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
+        if name in REMOVED_KEYS:
+            raise ConfigError(f"{name} was removed: {REMOVED_KEYS[name]}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""

@@ -27,6 +27,12 @@ __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_wri
            "read_safetensors", "read_torch", "save_torch", "write_safetensors"]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened (or fsynced)
         fd = os.open(folder, os.O_RDONLY)
@@ -44,6 +50,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kw) -> Iterator[IO]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group open() lets see it
         with os.fdopen(fd, mode, **kw) as f:
             yield f
             f.flush()
@@ -107,7 +114,8 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(p))
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        # bytes that are no pickle at all (a torn or foreign file) fail as an "Unsupported operand": not unsafe
+        if "Weights only load failed" in str(e) and "Unsupported operand" not in str(e):
             # torch words this "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module..."
             m = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), flags=re.IGNORECASE)
             what = f" (it references {m.group(1)})" if m else ""
@@ -115,7 +123,8 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                 f"refused to unpickle {p}: it holds objects other than tensors and plain containers{what}, "
                 "and loading those would run code from the file. If you trust it, torch.load(..., "
                 "weights_only=False) it yourself and pass the state dict to ijepa.interop.load.") from None
-        raise CheckpointReadError(f"cannot read {p}: not a valid PyTorch checkpoint ({first_line(e)})") from None
+        raise CheckpointReadError(f"cannot read {p}: the file is truncated, corrupt or not a PyTorch checkpoint "
+                                  "(not a pickle of tensors)") from None
     except Exception as e:  # torch raises OSError, RuntimeError, KeyError... for torn or foreign files
         raise CheckpointReadError(
             f"cannot read {p}: the file is truncated, corrupt or not a PyTorch checkpoint ({first_line(e)})"

@@ -42,8 +42,8 @@ _CPU_BF16_MATH_MAX_TOKENS = 128
 # the matmuls become memory-bound: in batches of 512, feature extraction runs 1.6-2.0x faster when the blocks run on
 # slices of the batch of about this many tokens each (benchmarks/cpu_chunks.py: ViT-base at depth 2 on 49 tokens,
 # 377 against 230 images/s). The rows are independent sequences: the result is the same (to the bit in every shape
-# that benchmark checks). Training sets its own value (meta.cpu_chunk_tokens, 0 by default: the CPU default's step
-# gains nothing); ``model.cpu_chunk_tokens = 0`` turns it off.
+# that benchmark checks). Training turns it off (``model.cpu_chunk_tokens = 0``: the CPU default's step gains
+# nothing, 0.98x).
 CPU_CHUNK_TOKENS = 1536
 
 

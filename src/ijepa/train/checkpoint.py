@@ -10,48 +10,34 @@ and ours: ``format`` ("ijepa"), ``version``, ``step`` (global), ``batch_in_epoch
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import __version__
+from ..errors import CheckpointError, CheckpointReadError
+from ..io import read_torch, save_torch
+from . import distributed as D
+from .ijepa import IJEPA
+from .schedules import Schedules
 
-class CheckpointError(RuntimeError):
-    pass
+__all__ = ["CheckpointError", "Checkpointer", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+
+RESUME_KEYS = ("encoder", "predictor", "target_encoder", "opt", "step")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write to a temporary file in the same folder, then rename: a crash mid-write never leaves a torn file
-    where ``latest`` used to be."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` atomically (a crash mid-write never leaves a torn file where ``latest`` used to be)."""
+    return save_torch(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from pickles); every failure is a
-    :class:`CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated zips, pickles with objects, ...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {msg}") from None
+    """Read a checkpoint with ``weights_only=True`` (no code from pickles); every failure is a
+    :class:`~ijepa.errors.CheckpointError` naming the file."""
+    state = read_torch(path, map_location=map_location)
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of states")
+        raise CheckpointReadError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of states")
     return state
 
 
@@ -66,3 +52,65 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and resumes one run's model and optimizer: ``<tag>-latest.pth.tar`` (and ``<tag>-epN.pth.tar``
+    copies) in ``out``. Every rank calls :meth:`save` (rank 0 writes, all wait); a step already saved is not
+    written again. ``info`` holds the run's constant keys (``batch_size``, ``world_size``, ``input_spec``,
+    ``config``)."""
+
+    def __init__(self, out: Path, tag: str, model: IJEPA, optimizer: torch.optim.Optimizer, schedules: Schedules,
+                 *, steps_per_epoch: int, is_main: bool, info: dict[str, Any]):
+        self.out, self.tag, self.model, self.optimizer, self.schedules = Path(out), tag, model, optimizer, schedules
+        self.steps_per_epoch, self.is_main, self.info = steps_per_epoch, is_main, info
+        self.latest = self.out / f"{tag}-latest.pth.tar"
+        self.last_saved = -1
+
+    def state(self, step: int, loss: float) -> dict[str, Any]:
+        m, ipe = self.model, self.steps_per_epoch
+        return {"encoder": m.encoder.state_dict(), "predictor": m.predictor.state_dict(),
+                "target_encoder": m.target_encoder.state_dict(), "opt": self.optimizer.state_dict(), "scaler": None,
+                "epoch": step // ipe, "loss": loss, "batch_size": self.info["batch_size"],
+                "world_size": self.info["world_size"], "lr": self.schedules.lr_at(step), "format": "ijepa",
+                "version": __version__, "step": step, "batch_in_epoch": step % ipe, "rng": rng_state(),
+                "input_spec": self.info["input_spec"], "arch": m.arch_dict(), "config": self.info["config"]}
+
+    def save(self, step: int, loss: float, keep_epoch: int | None = None) -> None:
+        if step == self.last_saved:
+            return
+        self.last_saved = step
+        if self.is_main:
+            state = self.state(step, loss)
+            # the kept copy first: a crash between the two writes resumes from the older latest and writes both again
+            if keep_epoch is not None:
+                save_checkpoint(state, self.out / f"{self.tag}-ep{keep_epoch}.pth.tar")
+            save_checkpoint(state, self.latest)
+        D.barrier()
+
+    def resume(self, read_checkpoint: str | None, load_latest: bool,
+               map_location: str | torch.device = "cpu") -> tuple[int, float] | None:
+        """Load ``read_checkpoint`` (a file), else the run's latest when ``load_latest`` and it exists; returns
+        (step, loss) or None for a fresh start. A checkpoint that exists but cannot be used is an error, never a
+        silent fresh start."""
+        path = Path(read_checkpoint) if read_checkpoint else self.latest
+        if not (read_checkpoint or (load_latest and path.exists())):
+            return None
+        ckpt = load_checkpoint(path, map_location=map_location)
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a resumable ijepa checkpoint")
+        try:
+            self.model.encoder.load_state_dict(ckpt["encoder"])
+            self.model.predictor.load_state_dict(ckpt["predictor"])
+            self.model.target_encoder.load_state_dict(ckpt["target_encoder"])
+            self.optimizer.load_state_dict(ckpt["opt"])
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path} does not match this config's models: {e}") from None
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        if self.is_main:
+            print(f"resumed from {path} at step {step} (epoch {step // self.steps_per_epoch})", flush=True)
+        self.last_saved = step if path == self.latest else -1  # the latest already holds this very state
+        return step, float(ckpt.get("loss", float("nan")))

@@ -6,10 +6,10 @@ predictor's output), so it knows nothing about prediction: applied to the predic
 representations mean, and applied to the true features it shows the best the lens can do (the "ground truth"
 panel of ``viz predict``).
 
-Input space: ``F.layer_norm(target_encoder(x), (D,))`` — exactly what the predictor is trained to regress (see
-``ijepa.train.loop.jepa_loss``). Architecture: a per-token MLP, residual 3x3 convolutions over the token grid
-(so a patch may borrow from its neighbours), a linear map from each token to its patch's pixel features, and two
-3x3 convolutions at pixel level that smooth patch seams. Loss: L1 on [0, 1] pixels.
+Input space: ``normalize_targets(target_encoder(x))`` (``ijepa.models.targets``: the per-token layer norm) —
+exactly what the predictor is trained to regress. Architecture: a per-token MLP, residual 3x3 convolutions over the
+token grid (so a patch may borrow from its neighbours), a linear map from each token to its patch's pixel features,
+and two 3x3 convolutions at pixel level that smooth patch seams. Loss: L1 on [0, 1] pixels.
 
 Saved as ``.safetensors`` with the architecture, the encoder's input spec and the training statistics as
 metadata (``load_decoder`` rebuilds it).
@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.targets import normalize_targets
 from ..optim import param_groups, set_lr, warmup_cosine
 from ..precision import backward_step, resolve_precision
 from . import VizError
@@ -38,10 +39,8 @@ from .features import encode
 DECODER_FORMAT = "ijepa-pixel-decoder"
 
 
-def decoder_input(tokens: torch.Tensor) -> torch.Tensor:
-    """Target-encoder tokens -> the space the predictor regresses (and the decoder reads): per-token layer norm
-    without affine parameters."""
-    return F.layer_norm(tokens.float(), tokens.shape[-1:])
+# The decoder reads what the predictor regresses: the one target normalisation, shared with the loss.
+decoder_input = normalize_targets
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
