@@ -240,3 +240,27 @@ def test_canvas_folder_keeps_the_pixel_limit(tmp_path):
     ds = CanvasFolder(FlatImageFolder(tmp_path, DecodeShrink(512), max_pixels=100_000))
     with pytest.warns(CorruptImageWarning, match="above the limit"):
         assert ds[0] is None
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "shards"])
+def test_the_training_pipeline_augments_on_the_device_reproducibly(tmp_path, kind):
+    from ijepa.config import DataConfig
+    from ijepa.data.shards import write_shards
+    from ijepa.train.distributed import DistInfo
+    from ijepa.train.inputs import build_pipeline
+
+    for i in range(12):
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        _jpeg(tmp_path / "imgs" / f"c{i % 2}" / f"{i}.jpg", 60 + 7 * i, 80, i)
+    folder = "imgs"
+    if kind == "shards":
+        write_shards(tmp_path / "imgs", tmp_path / "shards", max_count=5)
+        folder = "shards"
+    cfg = DataConfig(dataset=kind, root_path=str(tmp_path), image_folder=folder, batch_size=4, num_workers=0,
+                     crop_size=32, gpu_augment=True, use_horizontal_flip=True)
+    data = build_pipeline(cfg, DistInfo(), 0, torch.device("cpu"))
+    first = [x for x, _ in data.epoch(0)]
+    assert len(first) == 3 and all(x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 for x in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, [x for x, _ in data.epoch(0)]))  # the same epoch again
+    assert torch.equal([x for x, _ in data.epoch(0, start=1)][0], first[1])  # resuming mid-epoch
+    assert not torch.equal([x for x, _ in data.epoch(1)][0], first[0])

@@ -117,9 +117,18 @@ class DataConfig:
     mean: tuple[float, ...] | None = _f(None, "normalisation mean (null: ImageNet's, or the dataset's own)")
     std: tuple[float, ...] | None = _f(None, "normalisation std (null: ImageNet's, or the dataset's own)")
     limit: int | None = _f(None, "use only the first N images (smoke tests, quick looks)")
+    gpu_augment: bool = _f(False, "folders and shards: the loader workers only decode each image (into a uint8 "
+                                  "canvas, see gpu_augment_size) and the batch's crops, flips, colour jitter and "
+                                  "blur run on the training device in one call, with the worker path's "
+                                  "distribution of crop boxes (data/gpu_augment.py; benchmarks/loader.py measures "
+                                  "the CPU it saves). The in-memory Fashion-MNIST path already crops on the "
+                                  "device: there it changes nothing")
+    gpu_augment_size: int | None = _f(None, "with gpu_augment: the longer side the workers shrink larger images "
+                                            "to, and the side of the canvas they send (null: max(512, 2 x "
+                                            "crop_size), so ImageNet-size images pass unresized)")
 
     def check(self) -> None:
-        _positive("data", self, "batch_size", "crop_size", "in_chans", "limit")
+        _positive("data", self, "batch_size", "crop_size", "in_chans", "limit", "gpu_augment_size")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         _range_pair("data.crop_scale", self.crop_scale, 0.0, 1.0)

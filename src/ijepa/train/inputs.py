@@ -22,6 +22,7 @@ from ..data.datasets import FlatImageFolder, ImageFolderDataset
 from ..data.fashion_mnist import MEAN as FMNIST_MEAN
 from ..data.fashion_mnist import STD as FMNIST_STD
 from ..data.fashion_mnist import load_fashion_mnist
+from ..data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, default_max_size
 from ..data.loader import InMemoryBatches, build_loader
 from ..data.shards import ShardDataset, build_shard_loader
 from ..data.transforms import (
@@ -33,6 +34,8 @@ from ..data.transforms import (
     normalize_batch,
 )
 from .distributed import DistInfo
+
+GPU_AUGMENT_STREAM = 2  # tags the batch augmentation's generators apart from the masks' (which end in 1)
 
 
 def seed_for(*parts: int) -> int:
@@ -123,8 +126,10 @@ class LoaderPipeline:
 
     def __init__(self, dataset, cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device,
                  mean: tuple[float, ...], std: tuple[float, ...], eval_dataset):
-        self.cfg, self.dist, self.device = cfg, dist, device
+        self.cfg, self.dist, self.device, self.seed = cfg, dist, device, seed
         self.eval_dataset = eval_dataset
+        # data.gpu_augment: the workers send (canvases, sizes); crops and colour run here, on the device
+        self.augment = BatchAugment.from_config(cfg, mean, std) if cfg.gpu_augment else None
         pin = cfg.pin_mem and device.type == "cuda"
         if isinstance(dataset, ShardDataset):  # seeds its own transforms per sample and splits ranks itself
             self.dataset = self.sampler = dataset
@@ -150,11 +155,16 @@ class LoaderPipeline:
             self.dataset.epoch = epoch  # picked up by workers: they are re-created each epoch (no persistence)
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start, self.cfg.batch_size)
-        for images, _, n_skipped in self.loader:
+        for i, (images, _, n_skipped) in enumerate(self.loader, start=start):
             if images is None:
                 yield None, n_skipped
                 continue
-            yield images.to(self.device, non_blocking=True), n_skipped
+            if self.augment is None:
+                yield images.to(self.device, non_blocking=True), n_skipped
+                continue
+            canvases, sizes = images
+            g = generator_for(self.seed, self.dist.rank, epoch, i, GPU_AUGMENT_STREAM)
+            yield self.augment(canvases.to(self.device, non_blocking=True), sizes, g), n_skipped
 
     def knn_sets(self) -> None:
         return None  # folder and shard pipelines: no labelled held-out split to use
@@ -198,6 +208,10 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
         color_distortion=cfg.use_color_distortion, color_jitter_strength=cfg.color_jitter_strength,
         gaussian_blur=cfg.use_gaussian_blur, mean=mean, std=std, in_chans=cfg.in_chans)
     eval_tf = make_eval_transform(cfg.crop_size, mean, std, in_chans=cfg.in_chans)
+    draft = None
+    if cfg.gpu_augment:  # the workers only decode; LoaderPipeline augments on the device
+        transform = DecodeShrink(cfg.gpu_augment_size or default_max_size(cfg.crop_size), cfg.in_chans)
+        draft = 2 * cfg.crop_size
     if cfg.dataset == "shards":
         dataset = ShardDataset(root, transform, rank=dist.rank, world_size=dist.world_size, seed=seed,
                                mode="RGB" if cfg.in_chans == 3 else "L", limit=cfg.limit)
@@ -205,9 +219,11 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
         return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
     if cfg.dataset == "imagefolder":
         root = root / "train" if (root / "train").is_dir() else root
-        dataset, eval_ds = ImageFolderDataset(root, transform), ImageFolderDataset(root, eval_tf)
+        dataset, eval_ds = ImageFolderDataset(root, transform, draft_size=draft), ImageFolderDataset(root, eval_tf)
     else:
-        dataset, eval_ds = FlatImageFolder(root, transform), FlatImageFolder(root, eval_tf)
+        dataset, eval_ds = FlatImageFolder(root, transform, draft_size=draft), FlatImageFolder(root, eval_tf)
+    if cfg.gpu_augment:
+        dataset = CanvasFolder(dataset)
     if cfg.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
     return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, eval_ds)
