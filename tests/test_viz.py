@@ -362,3 +362,15 @@ def test_draw_predictions_panels():
     r2 = render_predictions(wm, images, boxes, gallery=gallery)
     assert _image_axes(draw_predictions(r2)) == 3 * 3
     assert encode(wm.target_encoder, images).shape == (3, 49, 32)
+
+
+def test_one_channel_encoders_of_any_size_read_fashion_mnist():
+    # The CPU default trains at 36 px on Fashion-MNIST: its pictures resize the 28-px images, as the probe does.
+    from ijepa.viz.features import load_images, pick_dataset
+
+    spec36 = {**FMNIST_SPEC, "image_size": (36, 36)}
+    assert pick_dataset(spec36) == "fashion_mnist"
+    shown = load_images(spec36, 3, split="test", seed=0)
+    assert shown.images.shape == (3, 1, 36, 36) and len(shown.names) == 3
+    with pytest.raises(VizError, match="give a folder"):
+        pick_dataset({"image_size": (36, 36), "in_chans": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3})

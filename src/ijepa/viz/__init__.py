@@ -10,6 +10,8 @@ ijepa.viz`` (and the ``ijepa`` command's parser, which registers ``viz``) costs 
 - :mod:`.decoder`  ``PixelDecoder`` / ``train_decoder`` / ``save_decoder`` / ``load_decoder``
 - :mod:`.predict`  ``predict_box`` / ``build_gallery`` / ``retrieve`` / ``draw_predictions`` /
   ``box_specificity``: render what the predictor predicts for a hidden box
+- :mod:`.stochastic` ``GridDenoiser`` / ``train_stochastic_decoder`` / ``sample``: a generative decoder of tokens
+- :mod:`.samples`  ``render_samples`` / ``draw_sample_rows`` / ``measure_samples``: samples of predictions
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ _EXPORTS = {
     "decoder": ("PixelDecoder", "train_decoder", "save_decoder", "load_decoder", "psnr", "decoder_input"),
     "predict": ("predict_box", "box_ids", "sample_boxes", "build_gallery", "retrieve", "render_predictions",
                 "draw_predictions", "box_specificity", "load_world_model"),
+    "stochastic": ("GridDenoiser", "train_stochastic_decoder", "sample", "draw_samples", "save_stochastic_decoder",
+                   "load_stochastic_decoder"),
+    "samples": ("render_samples", "draw_sample_rows", "measure_samples"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

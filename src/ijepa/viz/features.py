@@ -51,12 +51,12 @@ class ImageSet:
 
 
 def pick_dataset(spec: dict, dataset: str = "auto", root: str | None = None) -> str:
-    """``auto``: Fashion-MNIST for a 1-channel 28-px encoder (the CPU recipe; ``root`` is then its folder),
-    else a folder of images (``root``, required)."""
+    """``auto``: Fashion-MNIST for a 1-channel encoder (the CPU recipe, at any size: its 28-px images are resized
+    to the encoder's, as the probe does; ``root`` is then its folder), else a folder of images (``root``)."""
     if dataset != "auto":
         return dataset
     size = tuple(spec["image_size"]) if not isinstance(spec["image_size"], int) else (spec["image_size"],) * 2
-    if int(spec["in_chans"]) == 1 and size == (28, 28):
+    if int(spec["in_chans"]) == 1:
         return "fashion_mnist"
     if root is None:
         raise VizError(f"this encoder takes {size[0]}x{size[1]} px, {spec['in_chans']}-channel images: give a folder "
