@@ -125,7 +125,8 @@ def reference_config(sh: Shapes, arch: str, patch: int, img: int, batch: int, ex
 
 
 class Step:
-    """The project's training step, built from a config: ``step(images, masks, i)`` runs one, as ``train`` does."""
+    """The project's training step (``IJEPA`` and ``train_step``, as ``train`` runs them), built from a config:
+    ``step(images, masks, i)`` runs one."""
 
     def __init__(self, cfg, device: torch.device, bf16: bool, compile_backend: str | None = None, seed: int = 0):
         from ijepa.masks import MultiBlockMaskSampler
@@ -138,9 +139,9 @@ class Step:
         spec = {"image_size": (c, c), "in_chans": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3}
         self.model = IJEPA.from_config(cfg, spec).to(device)
         opt = self.model.configure_optimizer(cfg.optimization, device.type)
-        fwd = self.model.compiled(backend=compile_backend) if compile_backend else None
+        forward = self.model.compiled(backend=compile_backend) if compile_backend else None
         self.state = TrainState(self.model, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
-                                cfg.optimization.clip_grad, fwd)
+                                cfg.optimization.clip_grad, forward)
         self.sampler = MultiBlockMaskSampler(self.model.grid_size, cfg.mask)
         self.device, self.crop = device, c
         self.params = sum(p.numel() for p in self.model.encoder.parameters())
@@ -192,9 +193,8 @@ def sec_matmul(sh: Shapes, rec: Recorder) -> None:
 
 
 def _count_flops(step: Step, images, masks) -> float:
-    """FLOPs of one real step per image (the eager modules: compiling changes how, not how much)."""
+    """FLOPs of one real step per image (the eager model: compiling changes how, not how much)."""
     from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as fc, torch.autocast(step.device.type, torch.bfloat16):
         step.model(images, *masks).backward()
     step.free()
