@@ -24,7 +24,7 @@ def pair(x: int | Sequence[int]) -> tuple[int, int]:
     return (int(h), int(w))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class InputSpec(Mapping):
     """Size (H, W), channels and the normalisation an encoder was trained with.
 
@@ -87,6 +87,23 @@ class InputSpec(Mapping):
 
     def __len__(self) -> int:
         return len(_KEYS)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to another spec or to any mapping holding the same values (lists and tuples alike), so a spec
+        compares as the dict it replaces."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        try:
+            other = InputSpec(**{k: other[k] for k in _KEYS})
+        except (KeyError, TypeError, ValueError):
+            return False
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def _values(self) -> tuple:
+        return (self.image_size, self.in_chans, self.mean, self.std)
 
     def __str__(self) -> str:
         h, w = self.image_size

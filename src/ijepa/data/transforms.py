@@ -16,8 +16,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from ..spec import IMAGENET_MEAN, IMAGENET_STD  # re-exported: the data layer's users import them from here
 
 
 class ConvertMode:

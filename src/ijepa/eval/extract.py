@@ -1,24 +1,24 @@
 """Frozen-feature extraction from any encoder.
 
 An encoder here is any ``nn.Module`` whose ``forward(images)`` returns patch tokens (B, N, D). Its
-``input_spec`` (``{"image_size", "in_chans", "mean", "std"}``) says what images it expects; everything that
-turns raw images into that input lives in :func:`prepare_images`, so the random-init and pixel baselines go
-through exactly the same preprocessing as a trained model.
+``input_spec`` says what images it expects; :mod:`ijepa.data.preprocess` turns raw images into that input (its
+functions are re-exported here), so the random-init and pixel baselines go through exactly the same
+preprocessing as a trained model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import dataset_info, read_sample, sample_source
 from ..data.decode import Unreadable
+from ..data.preprocess import default_input_spec, prepare_images, resolve_input_spec, to_tensor
 from ..device import bf16_supported
 from ..precision import resolve_precision
 from .feature_file import FeatureSet, load_features, save_features
@@ -27,112 +27,6 @@ __all__ = ["POOLINGS", "FeatureSet", "bf16_supported", "default_input_spec", "ex
            "extract_features", "load_features", "prepare_images", "resolve_input_spec", "save_features"]
 
 POOLINGS = ("mean", "last4", "tokens")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# input spec and preprocessing
-# ----------------------------------------------------------------------------------------------------------
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    h, w = x
-    return (int(h), int(w))
-
-
-def default_input_spec(encoder: nn.Module | None = None) -> dict[str, Any]:
-    """The spec assumed for an encoder that does not declare one: its ``img_size``/``in_chans`` attributes
-    when present (else 224 px RGB), ImageNet statistics for 3 channels and 0.5/0.5 otherwise (the same
-    fallback as ``ijepa.models.vit``)."""
-    size = _pair(getattr(encoder, "img_size", 224) or 224)
-    c = int(getattr(encoder, "in_chans", 3) or 3)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
-    return {"image_size": size, "in_chans": c, "mean": mean, "std": std}
-
-
-def resolve_input_spec(encoder: nn.Module | None = None, input_spec: dict | None = None) -> dict[str, Any]:
-    """Complete a (possibly partial or missing) spec: explicit ``input_spec`` > ``encoder.input_spec`` >
-    :func:`default_input_spec`, key by key."""
-    spec = default_input_spec(encoder)
-    spec.update(getattr(encoder, "input_spec", None) or {})
-    spec.update(input_spec or {})
-    spec["image_size"] = _pair(spec["image_size"])
-    spec["in_chans"] = int(spec["in_chans"])
-    c = spec["in_chans"]
-    for key in ("mean", "std"):
-        v = tuple(float(t) for t in np.atleast_1d(np.asarray(spec[key], dtype=np.float64)))
-        # A single statistic given for a multi-channel encoder applies to every channel.
-        spec[key] = v * c if len(v) == 1 and c > 1 else v
-        if len(spec[key]) != c:
-            raise ValueError(f"input_spec {key}={spec[key]} does not have in_chans={c} entries")
-    return spec
-
-
-def _to_tensor(images: Any) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        return images
-    if hasattr(images, "mode") and hasattr(images, "size") and hasattr(images, "convert"):  # PIL image
-        if images.mode not in ("L", "RGB"):
-            images = images.convert("RGB")
-        arr = np.asarray(images)
-        t = torch.from_numpy(arr.copy())
-        return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(images))
-
-
-def as_nchw(images: Any) -> torch.Tensor:
-    """Raw images shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3, 4} -> (N, C, H, W), dtype kept."""
-    x = _to_tensor(images)
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise ValueError(f"expected images shaped (N,H,W) or (N,C,H,W), got {tuple(x.shape)}")
-    return x
-
-
-def prepare_images(images: torch.Tensor | np.ndarray, input_spec: dict | None = None, *,
-                   normalize: bool = True) -> torch.Tensor:
-    """Turn a batch of raw images into the encoder's input (float32, (N, C, H, W), on the input's device).
-
-    ``images``: uint8 (0..255) or float in [0, 1], shaped (N, H, W), (N, C, H, W) or channels-last
-    (N, H, W, C) with C in {1, 3, 4}. Images are resized (bicubic, antialiased, clamped back to [0, 1]) to
-    ``input_spec["image_size"]`` when different, channels are repeated (grey -> RGB), averaged (RGB ->
-    grey) or stripped of alpha to match ``in_chans``, and normalised with the spec's mean/std unless
-    ``normalize=False`` (the raw-pixel baseline wants [0, 1] pixels)."""
-    spec = resolve_input_spec(None, input_spec)
-    x = as_nchw(images)
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    elif not x.is_floating_point():
-        raise TypeError(f"images must be uint8 or float in [0, 1], got {x.dtype}")
-    else:
-        x = x.float()
-
-    c = spec["in_chans"]
-    if x.shape[1] == 4 and c != 4:
-        x = x[:, :3]  # alpha carries no content an encoder was trained on
-    if x.shape[1] != c:
-        if x.shape[1] == 1:
-            x = x.expand(-1, c, -1, -1)
-        elif c == 1:
-            x = x.mean(dim=1, keepdim=True)
-        else:
-            raise ValueError(f"cannot map {x.shape[1]}-channel images to an encoder with in_chans={c}")
-
-    size = spec["image_size"]
-    if tuple(x.shape[-2:]) != size:
-        # antialias matches PIL when shrinking; bicubic overshoots, so clamp back into the pixel range
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
-
-    if normalize:
-        mean = torch.tensor(spec["mean"], dtype=x.dtype, device=x.device).view(1, c, 1, 1)
-        std = torch.tensor(spec["std"], dtype=x.dtype, device=x.device).view(1, c, 1, 1)
-        x = (x - mean) / std
-    return x.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,7 +95,7 @@ class _PrepareCollate:
                 reason = item.reason if isinstance(item, Unreadable) else "unreadable"
                 skipped.append({"source": str(sample_source(self.dataset, i)), "reason": reason})
                 continue
-            t = _to_tensor(img)
+            t = to_tensor(img)
             if t.ndim == 2:
                 t = t[None]
             if self.spec is not None:
@@ -221,7 +115,7 @@ def _batches(data: Any, batch_size: int, spec: dict | None) -> tuple[Iterable[_B
 
         def gen():
             for i in range(0, n, batch_size):
-                yield _Batch(_to_tensor(data[i:i + batch_size]), None, list(range(i, min(i + batch_size, n))), [],
+                yield _Batch(to_tensor(data[i:i + batch_size]), None, list(range(i, min(i + batch_size, n))), [],
                              False)
         return gen(), n
     if isinstance(data, DataLoader):

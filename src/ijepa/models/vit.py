@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from ..spec import InputSpec
 from .pos_embed import resample_pos_embed, sincos_2d
 
 # name -> (embed_dim, depth, num_heads, mlp_ratio). giant's 48/11 (MLP width 6144) is the reference's; gigantic's
@@ -58,10 +59,6 @@ def run_in_chunks(fn, x: torch.Tensor, chunk_tokens: int):
     if isinstance(outs[0], torch.Tensor):
         return torch.cat(outs)
     return [torch.cat(parts) for parts in zip(*outs)]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(x, int):
@@ -181,12 +178,17 @@ def init_vit_weights(module: nn.Module, blocks: Sequence[Block], std: float = 0.
 
 class VisionTransformer(nn.Module):
     """ViT encoder without a class token; ``forward`` returns the last layer's layer-normed patch tokens (B, N, D),
-    the same thing as transformers' ``IJepaModel(...).last_hidden_state``."""
+    the same thing as transformers' ``IJepaModel(...).last_hidden_state``.
+
+    ``input_spec`` says what images it takes; ``source`` where its weights came from (set by ``ijepa.load`` and
+    training, empty for a fresh model)."""
+
+    source: str = ""
 
     def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 norm_eps: float = 1e-6, init_std: float = 0.02, input_spec: dict | None = None):
+                 norm_eps: float = 1e-6, init_std: float = 0.02, input_spec: InputSpec | dict | None = None):
         super().__init__()
         self.img_size = to_2tuple(img_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
@@ -211,9 +213,17 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], attn_drop_rate, norm_eps) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         init_vit_weights(self, self.blocks, init_std)
-        self.input_spec = dict(input_spec) if input_spec else {
-            "image_size": self.img_size, "in_chans": in_chans, "mean": IMAGENET_MEAN[:in_chans] if in_chans == 3
-            else (0.5,) * in_chans, "std": IMAGENET_STD[:in_chans] if in_chans == 3 else (0.5,) * in_chans}
+        self.input_spec = input_spec  # None: InputSpec's default rule at this size and channel count
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The images this encoder takes (size, channels, normalisation); set from any mapping, completed by
+        :meth:`InputSpec.coerce` at the encoder's own size and channels."""
+        return self._input_spec
+
+    @input_spec.setter
+    def input_spec(self, spec: InputSpec | dict | None) -> None:
+        self._input_spec = InputSpec.coerce(spec, image_size=self.img_size, in_chans=self.in_chans)
 
     @property
     def depth(self) -> int:

@@ -21,6 +21,7 @@ from ..config import Config, LossConfig, OptimizationConfig
 from ..models import apply_masks, build_encoder, build_predictor
 from ..models.targets import normalize_targets
 from ..optim import param_groups
+from ..spec import InputSpec
 
 
 def vicreg_terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,14 +75,14 @@ class IJEPA(nn.Module):
         self.reg = reg or LossConfig()
 
     @classmethod
-    def from_config(cls, cfg: Config, input_spec: dict) -> IJEPA:
+    def from_config(cls, cfg: Config, input_spec: InputSpec) -> IJEPA:
         m = cfg.meta  # the size's own shape unless a meta.enc_* key overrides it
         overrides = {"depth": m.enc_depth, "embed_dim": m.enc_embed_dim, "num_heads": m.enc_num_heads,
                      "mlp_ratio": m.enc_mlp_ratio}
         encoder = build_encoder(m.model_name, patch_size=cfg.mask.patch_size, img_size=cfg.data.crop_size,
                                 in_chans=cfg.data.in_chans, drop_path_rate=m.drop_path, init_std=m.init_std,
                                 **{k: v for k, v in overrides.items() if v is not None})
-        encoder.input_spec = dict(input_spec)
+        encoder.input_spec = input_spec
         predictor = build_predictor(encoder, predictor_embed_dim=m.pred_emb_dim, depth=m.pred_depth,
                                     num_heads=m.pred_num_heads, one_pass=m.pred_one_pass)
         # The training step runs each batch whole: CPU slicing gains it nothing (0.98x, benchmarks/train_step.py);
