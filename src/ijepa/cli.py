@@ -118,31 +118,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from .eval.extract import extract_features, save_features
-    from .eval.run import fashion_mnist_data, folder_data, load_model
+    from .data.sources import mode_for, open_images, require
+    from .data.transforms import make_eval_transform
+    from .eval.extract import extract_feature_set, save_features
+    from .eval.run import load_model
     from .precision import resolve_precision
 
+    require(args.dataset, args.root)  # a wrong path is one line before the model is read
     encoder = load_model(args.model, args.which, args.path)
+    spec = encoder.input_spec
     if args.dataset == "fashion_mnist":
-        split = getattr(fashion_mnist_data(args.root, args.limit), args.split)
-        feats = extract_features(encoder, split.images, pooling=args.pooling, batch_size=args.batch_size,
+        data = open_images("fashion_mnist", args.root, split=args.split, limit=args.limit)
+        fs = extract_feature_set(encoder, data.images, pooling=args.pooling, batch_size=args.batch_size,
                                  dtype=args.dtype)
-        labels = split.labels
-    else:
-        from .data.datasets import FlatImageFolder
-        from .data.transforms import make_eval_transform
-        spec = encoder.input_spec
+        fs.labels, fs.classes = data.labels, list(data.classes)
+        split = args.split
+    else:  # a folder is one split: the whole tree under --root
         tf = make_eval_transform(spec["image_size"][0], spec["mean"], spec["std"], in_chans=spec["in_chans"])
-        if args.dataset == "imagefolder":
-            split = folder_data(args.root, args.root, spec).train
-            ds = split.images
-        else:
-            ds = FlatImageFolder(args.root, tf)
-        feats, labels = extract_features(encoder, ds, pooling=args.pooling, batch_size=args.batch_size,
-                                         return_labels=True, prepare=False, dtype=args.dtype)
-    path = save_features(args.out, feats, labels)
+        data = open_images(args.dataset, args.root, split=None, transform=tf, mode=mode_for(spec["in_chans"]),
+                           limit=args.limit)
+        fs = extract_feature_set(encoder, data, pooling=args.pooling, batch_size=args.batch_size, prepare=False,
+                                 dtype=args.dtype)
+        split = None
+    fs.meta.update(dataset=args.dataset, split=split, model=str(args.model))
+    path = save_features(args.out, fs)
     precision = resolve_precision(args.dtype, next(encoder.parameters()).device)
-    print(f"{tuple(feats.shape)} features ({args.pooling} pooling, {precision}, {encoder.source}) -> {path}")
+    skipped = f", {len(fs.skipped)} unreadable files skipped (named in the record)" if fs.skipped else ""
+    print(f"{tuple(fs.features.shape)} features ({args.pooling} pooling, {precision}, {encoder.source}){skipped}"
+          f" -> {path}")
     return 0
 
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset, default_collate
 
+from ..errors import DatasetNotFoundError
 from .decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, Unreadable, decode_image
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,9 @@ def _scan_images(directory: str, followlinks: bool = True) -> list[str]:
 def _require_dir(root: str | os.PathLike, what: str) -> str:
     root = os.fspath(root)
     if not os.path.exists(root):
-        raise FileNotFoundError(f"Image folder {root!r} does not exist (expected {what}).")
+        raise DatasetNotFoundError(f"Image folder {root!r} does not exist (expected {what}).")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root!r} is not a directory (expected {what}).")
+        raise DatasetNotFoundError(f"{root!r} is not a directory (expected {what}).")
     return root
 
 
@@ -124,7 +125,7 @@ class ImageFolderDataset(_FileImageDataset):
         if not self.classes:
             hint = (" It holds images directly; use FlatImageFolder for unlabelled images."
                     if _scan_images(self.root) else "")
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"No class sub-folders in image folder {self.root!r} (expected root/<class>/<image> with "
                 f"extensions {', '.join(IMG_EXTENSIONS)}).{hint}")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -135,7 +136,7 @@ class ImageFolderDataset(_FileImageDataset):
                 logger.warning("Class folder %s has no images", os.path.join(self.root, c))
             self.samples.extend((f, self.class_to_idx[c]) for f in files)
         if not self.samples:
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"No images in the class sub-folders of {self.root!r} (expected files with extensions "
                 f"{', '.join(IMG_EXTENSIONS)}).")
         self.targets = [label for _, label in self.samples]
@@ -150,7 +151,7 @@ class FlatImageFolder(_FileImageDataset):
         self.root = _require_dir(root, "a folder containing images")
         self.samples = [(f, -1) for f in _scan_images(self.root)]
         if not self.samples:
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"No images found under {self.root!r} (searched recursively for extensions "
                 f"{', '.join(IMG_EXTENSIONS)}).")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DatasetNotFoundError
+from ..errors import DataError, DatasetNotFoundError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 # Per-pixel statistics of the 60,000 training images, scaled to [0, 1].
@@ -49,14 +49,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f"{path}: truncated or corrupt IDX file ({len(data) - header} bytes of data, "
+        raise DataError(f"{path}: truncated or corrupt IDX file ({len(data) - header} bytes of data, "
                          f"{expected} expected for shape {shape})")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
@@ -69,5 +69,5 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, train: bool = True
     images = read_idx(_find(root, img_stem))
     labels = read_idx(_find(root, lbl_stem))
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise DataError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels")
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))

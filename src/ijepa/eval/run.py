@@ -16,13 +16,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
-from ..data.fashion_mnist import load_fashion_mnist
+from ..data.sources import mode_for, open_images, require
+from ..data.transforms import make_eval_transform
+from ..errors import ConfigError
 from ..models.vit import VisionTransformer
+from ..spec import InputSpec
 from .attentive import train_attentive_probe
 from .extract import extract_features
 from .knn import knn_accuracy
-from .linear import fmnist_probe, linear_probe, pixel_features
+from .linear import FMNIST_PROBE_TRAIN, FMNIST_PROBE_WD, linear_probe, pixel_features
 from .lowshot import lowshot_eval
 
 PROTOCOLS = ("fmnist-probe", "linear", "knn", "lowshot", "attentive")
@@ -60,22 +64,29 @@ class EvalData:
     cache: dict = field(default_factory=dict)
 
 
-def fashion_mnist_data(root: str | None = None, limit: int | None = None) -> EvalData:
-    xtr, ytr = load_fashion_mnist(root, train=True)
-    xte, yte = load_fashion_mnist(root, train=False)
-    if limit:
-        xtr, ytr, xte, yte = xtr[:limit], ytr[:limit], xte[:limit], yte[:limit]
-    return EvalData("fashion_mnist", Split(xtr, ytr), Split(xte, yte))
+def fashion_mnist_data(root: str | None = None, limit: int | None = None, n_train: int | None = None) -> EvalData:
+    """Fashion-MNIST's two splits, the first ``limit`` images of each; ``n_train`` caps the training split too
+    (the fmnist-probe needs only its first 10,000)."""
+    caps = [c for c in (limit, n_train) if c]
+    tr = open_images("fashion_mnist", root, split="train", limit=min(caps) if caps else None)
+    te = open_images("fashion_mnist", root, split="test", limit=limit)
+    return EvalData("fashion_mnist", Split(tr.images, tr.labels), Split(te.images, te.labels))
 
 
-def folder_data(train_dir: str, test_dir: str, spec: dict) -> EvalData:
-    from ..data.datasets import ImageFolderDataset
-    from ..data.transforms import make_eval_transform
-    size = spec["image_size"][0]
-    tf = make_eval_transform(size, spec["mean"], spec["std"], in_chans=spec["in_chans"])
-    tr, te = ImageFolderDataset(train_dir, tf), ImageFolderDataset(test_dir, tf)
-    return EvalData(Path(train_dir).parent.name, Split(tr, torch.tensor(tr.targets)),
-                    Split(te, torch.tensor(te.targets)))
+def folder_data(train_dir: str, test_dir: str, spec: dict, limit: int | None = None, seed: int = 0) -> EvalData:
+    """Two image folders with class sub-folders, resized and centre-cropped to the encoder's input; ``limit``: a
+    seeded random N of each split (the first N would be the first classes only)."""
+    spec = InputSpec.coerce(spec)
+    tf = make_eval_transform(spec.image_size[0], spec.mean, spec.std, in_chans=spec.in_chans)
+    splits = []
+    for folder in (train_dir, test_dir):
+        ds = open_images("imagefolder", folder, split=None, transform=tf, mode=mode_for(spec.in_chans))
+        labels = torch.tensor(ds.targets)
+        if limit and limit < len(ds):
+            keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+            ds, labels = Subset(ds, keep.tolist()), labels[keep]
+        splits.append(Split(ds, labels))
+    return EvalData(Path(train_dir).parent.name, *splits)
 
 
 def _features(model: Any, split: Split, pooling: str, batch_size: int, progress: bool) -> tuple:
@@ -111,12 +122,18 @@ def features(model: Any, key: str, data: EvalData, split: str, pooling: str, bat
 
 
 def run_protocol(protocol: str, model: Any, key: str, data: EvalData, *, pooling: str = "mean",
-                 batch_size: int = 256, progress: bool = True, lowshot_shots=(1, 5, 10, "1%"),
-                 attentive_epochs: int = 20, root: str | None = None) -> dict:
+                 batch_size: int = 512, progress: bool = True, lowshot_shots=(1, 5, 10, "1%"),
+                 attentive_epochs: int = 20) -> dict:
     t0 = time.perf_counter()
-    if protocol == "fmnist-probe":
-        res = fmnist_probe(model, root=root, progress=progress)
-        out = {"accuracy": res["accuracy"], "best_wd": res.get("best_wd")}
+    if protocol == "fmnist-probe":  # from the same cached features as every other protocol
+        if data.name != "fashion_mnist":
+            raise ConfigError("the fmnist-probe protocol is defined on Fashion-MNIST only")
+        tr, ytr = features(model, key, data, "train", pooling, batch_size, progress)
+        te, yte = features(model, key, data, "test", pooling, batch_size, progress)
+        n = FMNIST_PROBE_TRAIN
+        res = linear_probe(tr[:n], ytr[:n], te, yte, wds=FMNIST_PROBE_WD, seed=0, num_classes=10)
+        out = {"accuracy": res["accuracy"], "best_wd": res.get("best_wd"), "n_train": res["n_train"],
+               "n_test": res["n_test"]}
     elif protocol == "attentive":
         tr, ytr = features(model, key, data, "train", "tokens", batch_size, progress)
         te, yte = features(model, key, data, "test", "tokens", batch_size, progress)
@@ -134,7 +151,7 @@ def run_protocol(protocol: str, model: Any, key: str, data: EvalData, *, pooling
             res = lowshot_eval(tr, ytr, te, yte, shots=lowshot_shots)
             out = {"shots": {str(k): {"mean": m, "std": s} for k, (m, s) in res.items()}}
         else:
-            raise ValueError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+            raise ConfigError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -142,37 +159,43 @@ def run_protocol(protocol: str, model: Any, key: str, data: EvalData, *, pooling
 def evaluate(model_spec: str, protocols: list[str], *, baselines: list[str] = (), which: str = "target_encoder",
              path: str | None = None, dataset: str = "fashion_mnist", root: str | None = None,
              train_dir: str | None = None, test_dir: str | None = None, limit: int | None = None,
-             pooling: str = "mean", batch_size: int = 256, progress: bool = True,
+             pooling: str = "mean", batch_size: int = 512, progress: bool = True,
              attentive_epochs: int = 20) -> dict:
     """{"models": {name: {"source": ..., protocol: result}}, ...}; names: "pretrained", "random", "pixels"."""
     for p in protocols:
         if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol '{p}' (choose from {', '.join(PROTOCOLS)})")
+            raise ConfigError(f"unknown protocol '{p}' (choose from {', '.join(PROTOCOLS)})")
+    for b in baselines:
+        if b not in ("random", "pixels"):
+            raise ConfigError(f"unknown baseline '{b}' (random, pixels)")
+    # the data first: a wrong path is one line before any model is read
+    if dataset == "fashion_mnist":
+        require("fashion_mnist", root)
+    elif dataset == "folder":
+        if not (train_dir and test_dir):
+            raise ConfigError("dataset 'folder' needs --train-dir and --test-dir (class sub-folders)")
+        require("imagefolder", train_dir)
+        require("imagefolder", test_dir)
+    else:
+        raise ConfigError(f"unknown dataset '{dataset}' (fashion_mnist, folder)")
+    if "fmnist-probe" in protocols and dataset != "fashion_mnist":
+        raise ConfigError("the fmnist-probe protocol is defined on Fashion-MNIST only")
     encoder = load_model(model_spec, which, path)
     models: dict[str, Any] = {"pretrained": encoder}
     for b in baselines:
-        if b == "random":
-            models["random"] = random_like(encoder)
-        elif b == "pixels":
-            models["pixels"] = "pixels"
-        else:
-            raise ValueError(f"unknown baseline '{b}' (random, pixels)")
+        models[b] = random_like(encoder) if b == "random" else "pixels"
     if dataset == "fashion_mnist":
-        data = fashion_mnist_data(root, limit)
-    elif dataset == "folder":
-        if not (train_dir and test_dir):
-            raise ValueError("dataset 'folder' needs --train-dir and --test-dir (class sub-folders)")
-        data = folder_data(train_dir, test_dir, encoder.input_spec)
+        # the fmnist-probe alone reads only the training images it fits on
+        only_probe = set(protocols) == {"fmnist-probe"}
+        data = fashion_mnist_data(root, limit, n_train=FMNIST_PROBE_TRAIN if only_probe else None)
     else:
-        raise ValueError(f"unknown dataset '{dataset}' (fashion_mnist, folder)")
-    if "fmnist-probe" in protocols and dataset != "fashion_mnist":
-        raise ValueError("the fmnist-probe protocol is defined on Fashion-MNIST only")
+        data = folder_data(train_dir, test_dir, encoder.input_spec, limit)
     results: dict[str, Any] = {"model": str(model_spec), "dataset": data.name, "pooling": pooling, "models": {}}
     for name, model in models.items():
         entry = {"source": getattr(model, "source", "raw pixels") if model != "pixels" else "raw pixels"}
         for p in protocols:
             entry[p] = run_protocol(p, model, name, data, pooling=pooling, batch_size=batch_size,
-                                    progress=progress, attentive_epochs=attentive_epochs, root=root)
+                                    progress=progress, attentive_epochs=attentive_epochs)
         results["models"][name] = entry
     return results
 

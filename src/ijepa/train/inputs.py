@@ -18,21 +18,17 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..data.datasets import FlatImageFolder, ImageFolderDataset
-from ..data.fashion_mnist import MEAN as FMNIST_MEAN
-from ..data.fashion_mnist import STD as FMNIST_STD
-from ..data.fashion_mnist import load_fashion_mnist
 from ..data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, default_max_size
 from ..data.loader import InMemoryBatches, build_loader
 from ..data.shards import ShardDataset, build_shard_loader
+from ..data.sources import first, mode_for, normalisation, open_images, require
 from ..data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     BatchRandomResizedCrop,
     make_eval_transform,
     make_pretrain_transform,
     normalize_batch,
 )
+from ..spec import InputSpec
 from .distributed import DistInfo
 
 GPU_AUGMENT_STREAM = 2  # tags the batch augmentation's generators apart from the masks' (which end in 1)
@@ -66,8 +62,7 @@ class InMemoryPipeline:
         self.crop = BatchRandomResizedCrop(cfg.crop_size, scale=cfg.crop_scale,
                                            horizontal_flip=cfg.use_horizontal_flip)
         self._steps = len(self.batches)
-        self.input_spec = {"image_size": (cfg.crop_size, cfg.crop_size), "in_chans": cfg.in_chans,
-                           "mean": tuple(mean), "std": tuple(std)}
+        self.input_spec = InputSpec(cfg.crop_size, cfg.in_chans, mean, std)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -143,8 +138,7 @@ class LoaderPipeline:
         if self._steps == 0:
             raise ValueError(f"{len(dataset)} images are fewer than one batch of {cfg.batch_size} per process "
                              f"× {dist.world_size} processes")
-        self.input_spec = {"image_size": (cfg.crop_size, cfg.crop_size), "in_chans": cfg.in_chans,
-                           "mean": tuple(mean), "std": tuple(std)}
+        self.input_spec = InputSpec(cfg.crop_size, cfg.in_chans, mean, std)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -193,37 +187,33 @@ class _FirstItems:
 
 
 def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device):
+    # the config's statistics, else the dataset's default (Fashion-MNIST's own; InputSpec's rule for folders)
+    default_mean, default_std = normalisation(cfg.dataset, cfg.in_chans)
+    mean, std = cfg.mean or default_mean, cfg.std or default_std
     if cfg.dataset == "fashion_mnist":
-        images, labels = load_fashion_mnist(cfg.root_path, train=True)
-        if cfg.limit:
-            images, labels = images[: cfg.limit], labels[: cfg.limit]
-        return InMemoryPipeline(images, cfg, dist, seed, device, cfg.mean or FMNIST_MEAN * cfg.in_chans,
-                                cfg.std or FMNIST_STD * cfg.in_chans, labels,
-                                load_fashion_mnist(cfg.root_path, train=False))
-    mean = cfg.mean or (IMAGENET_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans)
-    std = cfg.std or (IMAGENET_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans)
+        train = open_images("fashion_mnist", cfg.root_path, split="train", limit=cfg.limit)
+        test = open_images("fashion_mnist", cfg.root_path, split="test")
+        return InMemoryPipeline(train.images, cfg, dist, seed, device, mean, std, train.labels,
+                                (test.images, test.labels))
     root = Path(cfg.root_path) / cfg.image_folder
+    require(cfg.dataset, root)
     transform = make_pretrain_transform(
         crop_size=cfg.crop_size, crop_scale=cfg.crop_scale, horizontal_flip=cfg.use_horizontal_flip,
         color_distortion=cfg.use_color_distortion, color_jitter_strength=cfg.color_jitter_strength,
         gaussian_blur=cfg.use_gaussian_blur, mean=mean, std=std, in_chans=cfg.in_chans)
     eval_tf = make_eval_transform(cfg.crop_size, mean, std, in_chans=cfg.in_chans)
-    draft = None
+    mode, draft = mode_for(cfg.in_chans), None
     if cfg.gpu_augment:  # the workers only decode; LoaderPipeline augments on the device
         transform = DecodeShrink(cfg.gpu_augment_size or default_max_size(cfg.crop_size), cfg.in_chans)
         draft = 2 * cfg.crop_size
     if cfg.dataset == "shards":
-        dataset = ShardDataset(root, transform, rank=dist.rank, world_size=dist.world_size, seed=seed,
-                               mode="RGB" if cfg.in_chans == 3 else "L", limit=cfg.limit)
-        eval_ds = ShardDataset(root, eval_tf, shuffle=False, mode="RGB" if cfg.in_chans == 3 else "L")
+        dataset = open_images("shards", root, transform=transform, mode=mode, limit=cfg.limit, rank=dist.rank,
+                              world_size=dist.world_size, seed=seed)
+        eval_ds = open_images("shards", root, transform=eval_tf, mode=mode, shuffle=False)
         return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
-    if cfg.dataset == "imagefolder":
-        root = root / "train" if (root / "train").is_dir() else root
-        dataset, eval_ds = ImageFolderDataset(root, transform, draft_size=draft), ImageFolderDataset(root, eval_tf)
-    else:
-        dataset, eval_ds = FlatImageFolder(root, transform, draft_size=draft), FlatImageFolder(root, eval_tf)
+    # the limit applies after the canvas wrapper, which needs the folder dataset itself
+    dataset = open_images(cfg.dataset, root, transform=transform, mode=mode, draft_size=draft)
+    eval_ds = open_images(cfg.dataset, root, transform=eval_tf, mode=mode)
     if cfg.gpu_augment:
         dataset = CanvasFolder(dataset)
-    if cfg.limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
-    return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, eval_ds)
+    return LoaderPipeline(first(dataset, cfg.limit), cfg, dist, seed, device, mean, std, eval_ds)

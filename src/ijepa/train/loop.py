@@ -141,7 +141,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     schedules = Schedules.from_config(cfg.optimization, ipe)
     ckpt = Checkpointer(Path(out_dir), lg.write_tag, model, optimizer, schedules, steps_per_epoch=ipe,
                         is_main=dist.is_main, info={"batch_size": cfg.data.batch_size, "world_size": dist.world_size,
-                                                    "input_spec": data.input_spec, "config": cfg.to_dict()})
+                                                    "input_spec": data.input_spec.to_dict(), "config": cfg.to_dict()})
     start_step, last_loss = ckpt.resume(cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device) or (0, math.nan)
     state = TrainState(model, optimizer, schedules, device, bf16, cfg.optimization.clip_grad,
                        distribute(model, cfg, dist, device))

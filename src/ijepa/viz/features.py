@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.transforms import normalize_batch
+from ..data.preprocess import prepare_images, resolve_input_spec
+from ..data.sources import mode_for, open_images
+from ..data.transforms import make_eval_transform, normalize_batch
 from ..precision import Precision
 from . import VizError
 
@@ -72,24 +74,18 @@ def load_images(spec: dict, n: int, *, dataset: str = "auto", root: str | None =
     recursively; resized on the short side and centre-cropped). ``seed`` None takes the first ``n``, otherwise a
     seeded random choice; ``exclude`` lists dataset indices never to take (a query image kept out of a gallery).
     """
-    from ..eval.extract import prepare_images, resolve_input_spec
-
     spec = resolve_input_spec(None, spec)
     dataset = pick_dataset(spec, dataset, root)
     if dataset == "fashion_mnist":
-        from ..data.fashion_mnist import CLASSES, load_fashion_mnist
-
-        x, y = load_fashion_mnist(root, train=split == "train")
-        idx = _choose(len(x), n, seed, exclude)
-        return ImageSet(prepare_images(x[idx], spec, normalize=False), idx, [CLASSES[int(y[i])] for i in idx])
+        data = open_images("fashion_mnist", root, split=split)
+        idx = _choose(len(data), n, seed, exclude)
+        return ImageSet(prepare_images(data.images[idx], spec, normalize=False), idx,
+                        [data.classes[int(data.labels[i])] for i in idx])
     if dataset != "folder":
         raise VizError(f"dataset must be fashion_mnist, folder or auto, got {dataset!r}")
-    from ..data.datasets import FlatImageFolder
-    from ..data.transforms import make_eval_transform
-
     c = spec["in_chans"]
     tf = make_eval_transform(spec["image_size"][0], (0.0,) * c, (1.0,) * c, in_chans=c)
-    ds = FlatImageFolder(root, tf, mode="RGB" if c == 3 else "L")
+    ds = open_images("folder", root, split=None, transform=tf, mode=mode_for(c))
     images, kept = [], []
     for i in _choose(len(ds), len(ds), seed, exclude):
         item = ds[i]
@@ -121,8 +117,6 @@ def _choose(total: int, n: int, seed: int | None, exclude: Sequence[int]) -> lis
 
 def encoder_input(images: torch.Tensor, encoder: torch.nn.Module) -> torch.Tensor:
     """[0, 1] images -> the normalised input ``encoder.input_spec`` describes."""
-    from ..eval.extract import resolve_input_spec
-
     spec = resolve_input_spec(encoder)
     return normalize_batch(images.float(), spec["mean"], spec["std"])
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
+from ..data.sources import mode_for, normalisation, open_images
+from ..data.transforms import BatchRandomResizedCrop, make_pretrain_transform
 from ..masks import MultiBlockMaskSampler
 
 # (colour, alpha) of each layer. The context tint is light so the image stays readable; targets are strong.
@@ -212,50 +214,30 @@ def training_images(cfg: Config, n: int, seed: int = 0) -> torch.Tensor:
     d = cfg.data
     g = torch.Generator().manual_seed(seed)
     if d.dataset == "fashion_mnist":
-        from ..data.fashion_mnist import load_fashion_mnist
-        from ..data.transforms import BatchRandomResizedCrop
-
-        images, _ = load_fashion_mnist(d.root_path, train=True)
+        images = open_images("fashion_mnist", d.root_path, split="train").images
         idx = torch.randperm(len(images), generator=g)[:n]
         x = images[idx][:, None].expand(-1, d.in_chans, -1, -1)
         crop = BatchRandomResizedCrop(d.crop_size, scale=d.crop_scale, horizontal_flip=d.use_horizontal_flip)
         return crop(x, g)
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, make_pretrain_transform
-
-    mean = d.mean or (IMAGENET_MEAN if d.in_chans == 3 else (0.5,) * d.in_chans)
-    std = d.std or (IMAGENET_STD if d.in_chans == 3 else (0.5,) * d.in_chans)
+    mean, std = normalisation(d.dataset, d.in_chans)
+    mean, std = d.mean or mean, d.std or std
     tf = make_pretrain_transform(crop_size=d.crop_size, crop_scale=d.crop_scale, horizontal_flip=d.use_horizontal_flip,
                                  color_distortion=d.use_color_distortion,
                                  color_jitter_strength=d.color_jitter_strength, gaussian_blur=d.use_gaussian_blur,
                                  mean=mean, std=std, in_chans=d.in_chans)
-    mode = "RGB" if d.in_chans == 3 else "L"
     root = Path(d.root_path or ".") / d.image_folder
+    kw = {"shuffle": False} if d.dataset == "shards" else {}
+    ds = open_images(d.dataset, root, transform=tf, mode=mode_for(d.in_chans), **kw)
     items = []
     # torchvision's transforms draw from the global RNG: seed it for reproducible pictures, then restore it.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if d.dataset == "shards":
-            from ..data.shards import ShardDataset
-
-            for item in ShardDataset(root, tf, shuffle=False, mode=mode):
-                if item is not None:
-                    items.append(item[0])
-                if len(items) >= n:
-                    break
-        else:
-            from ..data.datasets import FlatImageFolder, ImageFolderDataset
-
-            if d.dataset == "imagefolder":
-                root = root / "train" if (root / "train").is_dir() else root
-                ds = ImageFolderDataset(root, tf, mode=mode)
-            else:
-                ds = FlatImageFolder(root, tf, mode=mode)
-            for i in torch.randperm(len(ds), generator=g).tolist():
-                item = ds[i]
-                if item is not None:
-                    items.append(item[0])
-                if len(items) >= n:
-                    break
+        order = iter(ds) if d.dataset == "shards" else (ds[i] for i in torch.randperm(len(ds), generator=g).tolist())
+        for item in order:
+            if item is not None:
+                items.append(item[0])
+            if len(items) >= n:
+                break
     x = torch.stack(items)
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
