@@ -45,9 +45,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import DatasetNotFoundError
-from ..io import atomic_write_text
-from .datasets import (
+from ...errors import DatasetNotFoundError
+from ...io import atomic_write_text
+from ..datasets import (
     _DECODE_ERRORS,
     IMG_EXTENSIONS,
     CorruptImageWarning,
@@ -788,7 +788,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     return shards_command(args.src, args.dst, not args.unlabelled, args.max_count, max_bytes=args.max_bytes,
                           prefix=args.prefix, shuffle_seed=args.shuffle_seed, overwrite=args.overwrite)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
