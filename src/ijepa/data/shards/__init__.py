@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import glob
 import io
 import itertools
 import json
 import os
 import random
-import re
 import sys
 import tarfile
 import warnings
@@ -45,231 +43,21 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ...io import atomic_write_text
-from ..datasets import (
-    _DECODE_ERRORS,
-    CorruptImageWarning,
-    FlatImageFolder,
-    ImageFolderDataset,
-    collate_skip_corrupt,
-)
+from ..datasets import _DECODE_ERRORS, CorruptImageWarning, collate_skip_corrupt
 from .format import (
-    _HOW_TO_CREATE,
     CLASSES_NAME,
-    INDEX_FORMAT,
     INDEX_NAME,
-    INDEX_VERSION,
     ShardInfo,
     ShardReadWarning,
     ShardsNotFoundError,
-    _count_samples,
     _image_ext,
     _iter_samples,
     read_index,
 )
+from .writer import write_index, write_shards
 
 __all__ = ["CLASSES_NAME", "INDEX_NAME", "ShardDataset", "ShardInfo", "ShardReadWarning", "ShardsNotFoundError",
            "build_shard_loader", "main", "read_index", "shards_command", "write_index", "write_shards"]
-
-# Fixed header fields make the shards byte-identical for the same input, whoever writes them and when.
-_TAR_MTIME = 0
-_TAR_MODE = 0o644
-_BLOCK = 512
-
-
-# ----------------------------------------------------------------------------------------------------------
-# writing
-# ----------------------------------------------------------------------------------------------------------
-
-def _padded(nbytes: int) -> int:
-    """Bytes a member of ``nbytes`` takes in a tar: one header block plus the data rounded up to blocks."""
-    return _BLOCK + -(-nbytes // _BLOCK) * _BLOCK
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
-
-
-class _ShardWriter:
-    """One shard being written: to a hidden temporary file, renamed into place only when complete, so a
-    crash never leaves a truncated ``prefix-NNNNNN.tar`` that looks finished."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.file = open(self.tmp, "wb")  # closed by close() or abort()
-        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.count = 0
-        self.est_bytes = 2 * _BLOCK  # the end-of-archive blocks
-
-    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
-        for ext, data in members:
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), _TAR_MTIME, _TAR_MODE
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self.tar.addfile(info, io.BytesIO(data))
-            self.est_bytes += _padded(len(data))
-        self.count += 1
-
-    def close(self) -> int:
-        self.tar.close()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        return self.path.stat().st_size
-
-    def abort(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def _shard_name(prefix: str, i: int) -> str:
-    return f"{prefix}-{i:06d}.tar"
-
-
-def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, labelled: bool = True,
-                 max_count: int = 10_000, max_bytes: int = 1 << 30, prefix: str = "shard",
-                 shuffle_seed: int | None = 0, overwrite: bool = False, progress: bool = False) -> list[Path]:
-    """Pack the images under ``src_root`` into tar shards in ``out_dir``; returns the shard paths in order.
-
-    ``labelled=True`` reads ``src_root/<class>/**/<image>`` exactly as
-    :class:`~ijepa.data.datasets.ImageFolderDataset` does (label = index of the class in sorted order) and
-    writes ``classes.json``; ``labelled=False`` takes every image under ``src_root`` (as
-    :class:`~ijepa.data.datasets.FlatImageFolder`) and writes no ``.cls`` members. A shard is closed when it
-    holds ``max_count`` samples or the next sample would take it past ``max_bytes`` (tar's final padding of
-    under 10 KiB aside; a single larger image still gets a shard of its own).
-
-    Image bytes are copied as stored — nothing is decoded or re-encoded, so a corrupt file is packed as is and
-    yields ``None`` when read. A file that cannot be *read* (vanished, no permission) is skipped with a warning
-    and counted in index.json's ``skipped_files``.
-
-    The sample order is the folder dataset's sorted order permuted with ``random.Random(shuffle_seed)``
-    (``None`` keeps it sorted). Shuffling here matters: a reader shuffles only shard order and within a small
-    buffer, so sorted shards would give batches of one or two classes. A sample's key is its index in the
-    folder dataset's sorted ``samples`` list (zero-padded), so ``ImageFolderDataset(src_root).samples[int(key)]``
-    names the source file of any key a warning reports. The output depends only on the folder's contents and
-    the arguments: the same input gives byte-identical shards.
-
-    Each shard is written to a temporary file and renamed when complete; ``index.json`` is written last. An
-    ``out_dir`` that already holds an index or shards of this prefix is refused unless ``overwrite=True``,
-    which removes the old index first (so nothing reads a half-replaced set) and, last, the old
-    ``<prefix>-NNNNNN.tar`` files the new set does not reuse.
-    """
-    if max_count < 1 or max_bytes < 1:
-        raise ValueError(f"max_count and max_bytes must be >= 1, got {max_count} and {max_bytes}")
-    if not prefix or "/" in prefix or os.sep in prefix:
-        raise ValueError(f"prefix must be a non-empty file-name prefix, got {prefix!r}")
-    ds = ImageFolderDataset(src_root) if labelled else FlatImageFolder(src_root)
-    samples = ds.samples
-    classes = ds.classes if labelled else None
-    order = list(range(len(samples)))
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(order)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    index_path = out / INDEX_NAME
-    pattern = re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar$")
-    existing = sorted(p.name for p in out.iterdir() if pattern.match(p.name))
-    if (index_path.exists() or existing) and not overwrite:
-        raise FileExistsError(f"{out} already holds {INDEX_NAME if index_path.exists() else 'shards'}"
-                              f"{f' and {len(existing)} {prefix}-*.tar files' if existing else ''}; "
-                              "pass overwrite=True (CLI: --overwrite) or choose another folder")
-    old_names: set[str] = set()
-    if index_path.exists():
-        try:
-            old_names = {s["name"] for s in json.loads(index_path.read_text())["shards"]}
-        except (ValueError, KeyError, TypeError):
-            old_names = set()
-        index_path.unlink()
-
-    from tqdm.auto import tqdm  # here, so that importing ijepa.data stays light
-
-    width = max(9, len(str(len(samples))))
-    paths: list[Path] = []
-    entries: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    writer: _ShardWriter | None = None
-
-    def finish() -> None:
-        nonlocal writer
-        if writer is not None and writer.count:
-            size = writer.close()
-            paths.append(writer.path)
-            entries.append({"name": writer.path.name, "count": writer.count, "bytes": size})
-        elif writer is not None:
-            writer.abort()
-        writer = None
-
-    try:
-        for i in tqdm(order, disable=not progress, unit="img", desc="shards", dynamic_ncols=True):
-            path, label = samples[i]
-            try:
-                data = Path(path).read_bytes()
-            except OSError as e:
-                warnings.warn(f"Skipping unreadable file {path}: {type(e).__name__}: {e}", CorruptImageWarning,
-                              stacklevel=2)
-                skipped.append(path)
-                continue
-            members = [(Path(path).suffix.lower().lstrip("."), data)]
-            if labelled:
-                members.append(("cls", str(label).encode()))
-            nbytes = sum(_padded(len(d)) for _, d in members)
-            if writer is not None and (writer.count >= max_count or writer.est_bytes + nbytes > max_bytes):
-                finish()
-            if writer is None:
-                writer = _ShardWriter(out / _shard_name(prefix, len(paths)))
-            writer.add(f"{i:0{width}d}", members)
-        finish()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-
-    if classes is not None:
-        _write_json(out / CLASSES_NAME, classes)
-    _write_json(index_path, {
-        "format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
-        "num_samples": sum(e["count"] for e in entries), "num_classes": len(classes) if classes else None,
-        "shuffle_seed": shuffle_seed, "key": "index into the source folder's sorted sample list",
-        "skipped_files": len(skipped), "shards": entries,
-    })
-    new_names = {p.name for p in paths}
-    for name in sorted((old_names | set(existing)) - new_names):
-        if pattern.match(name):
-            (out / name).unlink(missing_ok=True)
-    return paths
-
-
-def write_index(shards_dir_or_glob: str | os.PathLike, *, labelled: bool | None = None) -> Path:
-    """Count the samples of existing tar shards (e.g. written by ``webdataset`` or ``tarp``) and write the
-    ``index.json`` :class:`ShardDataset` needs beside them; returns its path.
-
-    Reads only tar headers. ``labelled=None`` records the data as labelled when the first shard's first sample
-    has a ``.cls`` member. Shards are listed in sorted name order."""
-    spec = os.fspath(shards_dir_or_glob)
-    if os.path.isdir(spec):
-        folder, files = Path(spec), sorted(Path(spec).glob("*.tar"))
-    else:
-        files = sorted(Path(p) for p in glob.glob(spec) if p.endswith(".tar"))
-        folder = files[0].parent if files else Path(spec).parent
-        if len({p.parent for p in files}) > 1:
-            raise ValueError(f"{spec!r} matches shards in several folders; index.json describes one folder")
-    if not files:
-        raise ShardsNotFoundError(f"no .tar files at {spec!r}: {_HOW_TO_CREATE}")
-    entries = [{"name": p.name, "count": _count_samples(p), "bytes": p.stat().st_size} for p in files]
-    if labelled is None:
-        with open(files[0], "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            first = next(_iter_samples(tar, lambda j: j == 0, stop=1), None)
-        labelled = bool(first and "cls" in first[2])
-    path = folder / INDEX_NAME
-    _write_json(path, {"format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
-                       "num_samples": sum(e["count"] for e in entries), "num_classes": None,
-                       "shuffle_seed": None, "key": "as written by the tool that made the shards",
-                       "skipped_files": 0, "shards": entries})
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------
