@@ -19,60 +19,31 @@ therefore yields exactly the same number of samples (DDP needs equal step counts
 epoch, and the ``total % world_size`` left over are different samples each epoch.
 
 From the command line: ``ijepa shards SRC DST`` or ``python -m ijepa.data.shards SRC DST``.
+
+The code, one concern a module: :mod:`.format` (file names, errors, ``index.json``, tar members <-> samples),
+:mod:`.writer` (:func:`write_shards`, :func:`write_index`), :mod:`.reader` (:class:`ShardDataset`,
+:func:`build_shard_loader`) and :mod:`.cli` (``ijepa shards``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-from pathlib import Path
+import importlib
 
-from .format import CLASSES_NAME, INDEX_NAME, ShardInfo, ShardReadWarning, ShardsNotFoundError, read_index
-from .reader import ShardDataset, build_shard_loader
-from .writer import write_index, write_shards
+# Each name is imported from its module on first use, so that importing .cli (the `ijepa shards` parser) does
+# not import the reader and writer, and with them torch.
+_EXPORTS = {
+    "CLASSES_NAME": "format", "INDEX_NAME": "format", "ShardInfo": "format", "ShardReadWarning": "format",
+    "ShardsNotFoundError": "format", "read_index": "format",
+    "write_index": "writer", "write_shards": "writer",
+    "ShardDataset": "reader", "build_shard_loader": "reader",
+    "build_arg_parser": "cli", "main": "cli", "shards_command": "cli",
+}
 
 __all__ = ["CLASSES_NAME", "INDEX_NAME", "ShardDataset", "ShardInfo", "ShardReadWarning", "ShardsNotFoundError",
            "build_shard_loader", "main", "read_index", "shards_command", "write_index", "write_shards"]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# command line
-# ----------------------------------------------------------------------------------------------------------
-
-def shards_command(src: str | os.PathLike, dst: str | os.PathLike, labelled: bool = True, max_count: int = 10_000,
-                   *, max_bytes: int = 1 << 30, prefix: str = "shard", shuffle_seed: int | None = 0,
-                   overwrite: bool = False) -> int:
-    """``ijepa shards SRC DST``: write the shards with a progress bar, print a summary, return the exit code."""
-    paths = write_shards(src, dst, labelled=labelled, max_count=max_count, max_bytes=max_bytes, prefix=prefix,
-                         shuffle_seed=shuffle_seed, overwrite=overwrite, progress=sys.stderr.isatty())
-    index = json.loads((Path(dst) / INDEX_NAME).read_text())
-    total = sum(p.stat().st_size for p in paths)
-    extra = f", {index['num_classes']} classes in {CLASSES_NAME}" if index.get("num_classes") else ""
-    skipped = f"; {index['skipped_files']} unreadable file(s) skipped" if index["skipped_files"] else ""
-    print(f"{index['num_samples']} images in {len(paths)} shards ({total / 2**30:.2f} GiB) -> {dst} "
-          f"({INDEX_NAME}{extra}){skipped}. Read them with ijepa.data.shards.ShardDataset({str(dst)!r}).")
-    return 0
-
-
-def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Arguments of ``shards`` (adds them to ``parser`` when given, e.g. a sub-command's parser)."""
-    p = parser or argparse.ArgumentParser(prog="python -m ijepa.data.shards",
-                                          description="Pack an image folder into WebDataset-style tar shards.")
-    p.add_argument("src", help="image folder: SRC/<class>/**/<image>, or any images with --unlabelled")
-    p.add_argument("dst", help="output folder for <prefix>-NNNNNN.tar, index.json and classes.json")
-    p.add_argument("--unlabelled", action="store_true", help="take every image under SRC, write no labels")
-    p.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most (default 10000)")
-    p.add_argument("--max-bytes", type=int, default=1 << 30, help="bytes per shard at most (default 1 GiB)")
-    p.add_argument("--prefix", default="shard", help="shard file-name prefix (default 'shard')")
-    p.add_argument("--shuffle-seed", type=lambda s: None if s.lower() == "none" else int(s), default=0,
-                   help="seed of the sample order across shards; 'none' keeps the sorted folder order")
-    p.add_argument("--overwrite", action="store_true", help="replace shards already in DST")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    return shards_command(args.src, args.dst, not args.unlabelled, args.max_count, max_bytes=args.max_bytes,
-                          prefix=args.prefix, shuffle_seed=args.shuffle_seed, overwrite=args.overwrite)
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

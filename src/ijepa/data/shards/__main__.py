@@ -1,5 +1,5 @@
 """``python -m ijepa.data.shards SRC DST``: the same as ``ijepa shards SRC DST``."""
 
-from . import main
+from .cli import main
 
 raise SystemExit(main())
