@@ -44,8 +44,11 @@ def load_model(spec: str, which: str = "target_encoder", path: str | None = None
 
 
 def random_like(encoder: VisionTransformer, seed: int = 0) -> VisionTransformer:
-    torch.manual_seed(seed)
-    rnd = VisionTransformer(**encoder.arch_dict(), input_spec=getattr(encoder, "input_spec", None))
+    """A fresh encoder of ``encoder``'s architecture and input spec, its weights drawn from ``seed``; the caller's
+    global RNG streams are left as they were (the rule the attentive probe and fine-tuning follow)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rnd = VisionTransformer(**encoder.arch_dict(), input_spec=getattr(encoder, "input_spec", None))
     rnd.source = "random init (same architecture)"
     return rnd.eval()
 

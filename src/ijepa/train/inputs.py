@@ -5,8 +5,9 @@ Two pipelines behind one interface (``steps_per_epoch``, ``input_spec``, ``epoch
 - in memory (Fashion-MNIST): uint8 tensors cut by index and cropped as a batch on the device. No loader
   processes: on a 2-core machine a worker would take half the compute from the step.
 - folders: a DataLoader with worker processes and the reference's per-image PIL transforms.
-Every random draw is seeded from (seed, rank, epoch, batch) or (seed, epoch, image index), never from a running
-generator, so a resumed run sees exactly the images and crops the uninterrupted run would have seen.
+Every random draw is seeded from its stream's name and (seed, rank, epoch, batch) or (seed, epoch, image index)
+(:mod:`ijepa.seeding`), never from a running generator, so a resumed run sees exactly the images and crops the
+uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -28,19 +29,9 @@ from ..data.transforms import (
     make_pretrain_transform,
     normalize_batch,
 )
+from ..seeding import generator_for, stream_seed
 from ..spec import InputSpec
 from .distributed import DistInfo
-
-GPU_AUGMENT_STREAM = 2  # tags the batch augmentation's generators apart from the masks' (which end in 1)
-
-
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed from integers (Python hashes int tuples deterministically, unlike strings)."""
-    return hash(tuple(int(p) for p in parts)) & (2**63 - 1)
-
-
-def generator_for(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_for(*parts))
 
 
 class InMemoryPipeline:
@@ -73,7 +64,7 @@ class InMemoryPipeline:
         self.batches.set_start(start)
         for i, (x, _) in enumerate(self.batches, start=start):
             x = x.to(self.device, non_blocking=True)
-            x = self.crop(x, generator_for(self.seed, self.dist.rank, epoch, i))
+            x = self.crop(x, generator_for("crop", self.seed, self.dist.rank, epoch, i))
             yield normalize_batch(x, self.mean, self.std), 0
 
     def knn_sets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -101,7 +92,9 @@ class InMemoryPipeline:
 
 class _SeededTransform(torch.utils.data.Dataset):
     """Seeds the transform of every image from (seed, epoch, index), so crops do not depend on which worker
-    loads the image or where a resumed run restarts."""
+    loads the image or where a resumed run restarts. torchvision's transforms draw from the global torch and
+    Python generators; their states are restored after each image, so with ``num_workers=0`` the training
+    process's own stream (drop-path, anything else drawn from the global generator) is left as it was."""
 
     def __init__(self, dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -110,10 +103,15 @@ class _SeededTransform(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        s = seed_for(self.seed, self.epoch, i)
-        torch.manual_seed(s)
-        random.seed(s)
-        return self.dataset[i]
+        s = stream_seed("image_transform", self.seed, self.epoch, i)
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            random.seed(s)
+            try:
+                return self.dataset[i]
+            finally:
+                random.setstate(py_state)
 
 
 class LoaderPipeline:
@@ -157,7 +155,7 @@ class LoaderPipeline:
                 yield images.to(self.device, non_blocking=True), n_skipped
                 continue
             canvases, sizes = images
-            g = generator_for(self.seed, self.dist.rank, epoch, i, GPU_AUGMENT_STREAM)
+            g = generator_for("gpu_augment", self.seed, self.dist.rank, epoch, i)
             yield self.augment(canvases.to(self.device, non_blocking=True), sizes, g), n_skipped
 
     def knn_sets(self) -> None:

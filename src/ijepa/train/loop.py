@@ -23,10 +23,11 @@ from ..device import bf16_supported, resolve_device
 from ..errors import NonFiniteLossError
 from ..masks import MultiBlockMaskSampler
 from ..optim import set_lr
+from ..seeding import generator_for
 from . import distributed as D
 from .checkpoint import Checkpointer
 from .ijepa import IJEPA, sigreg, vicreg_terms
-from .inputs import build_pipeline, generator_for
+from .inputs import build_pipeline
 from .monitor import Monitor
 from .runlog import RunLog, step_row
 from .schedules import Schedules
@@ -159,7 +160,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
                 skipped += n_skipped
                 if images is None:
                     continue
-                masks_enc, masks_pred = masks(images.shape[0], generator_for(cfg.meta.seed, dist.rank, step, 1))
+                masks_enc, masks_pred = masks(images.shape[0], generator_for("mask", cfg.meta.seed, dist.rank, step))
                 masks_enc = [m.to(device, non_blocking=True) for m in masks_enc]
                 masks_pred = [m.to(device, non_blocking=True) for m in masks_pred]
                 loss = train_step(state, images, masks_enc, masks_pred, step)

@@ -20,15 +20,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ...seeding import stream_seed
 from ..datasets import _DECODE_ERRORS, CorruptImageWarning, collate_skip_corrupt
 from .format import INDEX_NAME, ShardInfo, ShardReadWarning, _image_ext, _iter_samples, read_index
 
 __all__ = ["ShardDataset", "build_shard_loader"]
-
-
-def _seed_for(*parts: int) -> int:
-    # The same construction as ijepa.train.inputs.seed_for (ints hash identically in every process).
-    return hash(tuple(int(p) for p in parts)) & (2**63 - 1)
 
 
 @contextmanager
@@ -297,7 +293,7 @@ class ShardDataset(IterableDataset):
             self._warn(rec.where, f"{type(e).__name__}: {e}")
             return None
         if self.transform is not None:
-            with _seeded_rng(_seed_for(self.seed, self.epoch, epoch_pos)):
+            with _seeded_rng(stream_seed("shard_sample", self.seed, self.epoch, epoch_pos)):
                 img = self.transform(img)
         return img, rec.label
 
@@ -309,7 +305,7 @@ class ShardDataset(IterableDataset):
             return
         lo = self.rank * (self.num_samples // self.world_size) + first  # this worker's range in the epoch stream
         size = self.shuffle_buffer if self.shuffle else 0
-        order = _WindowShuffle(count, size, _seed_for(self.seed, self.epoch, self.rank, lw))
+        order = _WindowShuffle(count, size, stream_seed("shard_shuffle", self.seed, self.epoch, self.rank, lw))
         for _ in range(skip):
             next(order)
         unread, buffered = order.next_unread, set(order.buffer)
