@@ -345,3 +345,11 @@ def test_the_compiled_view_shares_the_parameters_and_computes_the_same_step():
     for k, v in runs[0][1].items():
         torch.testing.assert_close(v, runs[1][1][k], atol=1e-6, rtol=0)
     assert set(runs[0][1]) == set(runs[1][1])  # state-dict keys untouched by compiling
+
+
+def test_ijepa_train_stays_the_training_function_after_the_package_is_imported(tmp_path):
+    import ijepa
+    import ijepa.train.runlog  # binds the name ijepa.train to the package
+
+    summary = ijepa.train(cfg_with("optimization.max_steps=2"), tmp_path)
+    assert summary["steps"] == 2
