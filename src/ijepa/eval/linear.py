@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.fashion_mnist import load_fashion_mnist
 from ..data.preprocess import prepare_images
+from .extract import extract_features
 
 __all__ = ["DEFAULT_WDS", "LogisticRegression", "accuracy", "fit_logistic", "fmnist_probe", "linear_probe",
            "pixel_features", "stratified_split"]
@@ -215,10 +217,6 @@ def fmnist_probe(encoder: nn.Module | str, *, root: str | os.PathLike | None = N
     ``encoder="pixels"`` runs the raw-pixel baseline through the same probe. The result is
     :func:`linear_probe`'s dict plus ``"protocol"`` and ``"features"`` (the feature shape).
     """
-    from ijepa.data.fashion_mnist import load_fashion_mnist
-
-    from .extract import extract_features
-
     x_train, y_train = load_fashion_mnist(root, train=True)
     x_test, y_test = load_fashion_mnist(root, train=False)
     x_train, y_train = x_train[:n_train], y_train[:n_train]

@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .knn import knn_accuracy
+from .linear import linear_probe
+
 __all__ = ["lowshot_eval", "parse_shot", "sample_per_class"]
 
 
@@ -62,8 +65,6 @@ def lowshot_eval(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Ten
     that function. The std is the sample standard deviation across seeds (0 for a single seed); accuracies
     are fractions.
     """
-    from .knn import knn_accuracy
-    from .linear import linear_probe
 
     if method not in ("linear", "knn"):
         raise ValueError(f"method must be 'linear' or 'knn', got {method!r}")

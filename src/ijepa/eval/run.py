@@ -21,6 +21,8 @@ from torch.utils.data import Subset
 from ..data.sources import mode_for, open_images, require
 from ..data.transforms import make_eval_transform
 from ..errors import ConfigError
+from ..interop import load
+from ..interop.load import run_checkpoint
 from ..models.vit import VisionTransformer
 from ..spec import InputSpec
 from .attentive import train_attentive_probe
@@ -34,12 +36,10 @@ PROTOCOLS = ("fmnist-probe", "linear", "knn", "lowshot", "attentive")
 
 def find_checkpoint(path: str | Path) -> Path:
     """A run folder -> its latest checkpoint; anything else is returned as is."""
-    from ..interop.load import run_checkpoint
     return Path(run_checkpoint(path))
 
 
 def load_model(spec: str, which: str = "target_encoder", path: str | None = None) -> VisionTransformer:
-    from ..interop import load
     return load(spec, which=which, path=path)
 
 

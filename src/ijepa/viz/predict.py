@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import load_config
+from ..interop import load
 from ..masks import MaskConfig, MultiBlockMaskSampler
 from . import VizError
 from .decoder import PixelDecoder, check_decoder_fits, decoder_input
@@ -59,8 +61,6 @@ class WorldModel:
 
 def load_world_model(model: str | os.PathLike, path: str | None = None) -> WorldModel:
     """Context encoder + predictor and target encoder from one checkpoint (a run folder works)."""
-    from ..interop import load
-
     encoder, predictor = load(model, which="encoder", with_predictor=True, path=path)
     if predictor is None:
         raise VizError(f"{model} holds no predictor: `viz predict` needs a training checkpoint (a run folder, its "
@@ -124,8 +124,6 @@ def mask_config_of(model: str | os.PathLike) -> MaskConfig | None:
     cfg_path = Path(model) / "config.yaml"
     if not cfg_path.is_file():
         return None
-    from ..config import load_config
-
     return load_config(str(cfg_path)).mask
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..optim import param_groups, set_lr, warmup_cosine
+from ..precision import resolve_precision
 from . import VizError
 from .decoder import PixelDecoder, check_decoder_fits
 from .features import to_display
@@ -60,8 +61,6 @@ class SampleRows:
 def _conditions(wm: WorldModel, images: torch.Tensor, boxes: Sequence[Box], device, precision: str,
                 shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(true token grids, token grids with the box predicted from the context of image ``i - shift``)."""
-    from ..precision import resolve_precision
-
     true_tokens = _features(wm.target_encoder, images, torch.device(device), resolve_precision(precision, device))
     wm.target_encoder.cpu()
     source = images.roll(shift, 0) if shift else images
