@@ -127,16 +127,18 @@ def test_corrupt_and_truncated_files_are_skipped_and_counted(tree_with_corrupt: 
     with pytest.warns(CorruptImageWarning, match="d_trunc.png"):
         assert ds[3] is None
 
-    images, labels, n_skipped = collate_skip_corrupt([ds[0], ds[1], ds[2], ds[2]])
-    assert images.shape == (3, 3, 8, 8) and labels.tolist() == [0, 0, 0] and n_skipped == 1
-    assert collate_skip_corrupt([ds[1], ds[3]]) == (None, None, 2)
+    images, labels, skipped = collate_skip_corrupt([ds[0], ds[1], ds[2], ds[2]])
+    assert images.shape == (3, 3, 8, 8) and labels.tolist() == [0, 0, 0] and skipped == [None]
+    assert collate_skip_corrupt([ds[1], ds[3]]) == (None, None, [None, None])
+    named = collate_skip_corrupt([ds.read(0), ds.read(1), ds.read(3)])[2]  # read(): Unreadable, naming the file
+    assert [u.source for u in named] == ["only/b_random.jpg", "only/d_trunc.png"] and all(u.reason for u in named)
 
     # Through the DataLoader path: one epoch over all four files, two of them bad.
     loader, sampler = build_loader(ds, batch_size=4, shuffle=False)
     batches = list(loader)
     assert len(batches) == 1
-    images, labels, n_skipped = batches[0]
-    assert images.shape == (2, 3, 8, 8) and n_skipped == 2
+    images, labels, skipped = batches[0]
+    assert images.shape == (2, 3, 8, 8) and len(skipped) == 2
 
 
 def test_corrupt_warning_is_emitted_once_per_file(tree_with_corrupt: Path) -> None:
@@ -307,8 +309,8 @@ def test_build_loader_resume_gives_the_remaining_batches() -> None:
     sampler2.set_start(k, 4)
     assert len(loader2) == 11 - k
     rest = []
-    for imgs, labels, n_skipped in loader2:
-        assert imgs.dtype == torch.uint8 and n_skipped == 0
+    for imgs, labels, skipped in loader2:
+        assert imgs.dtype == torch.uint8 and skipped == []
         assert imgs[:, 0, 0, 0].long().tolist() == labels.tolist()
         rest.append(labels.tolist())
     assert rest == full[k:]
@@ -348,8 +350,8 @@ def test_fashion_mnist_tensor_dataset_slice() -> None:
     img, label = ds[3]
     assert img.shape == (1, 28, 28) and img.dtype == torch.uint8 and label == int(labels[3])
     loader, _ = build_loader(ds, batch_size=16)
-    x, y, n_skipped = next(iter(loader))
-    assert x.shape == (16, 1, 28, 28) and y.dtype == torch.int64 and n_skipped == 0
+    x, y, skipped = next(iter(loader))
+    assert x.shape == (16, 1, 28, 28) and y.dtype == torch.int64 and skipped == []
     crop = BatchRandomResizedCrop(32, horizontal_flip=True)
     out = crop(x, torch.Generator().manual_seed(0))
     assert out.shape == (16, 1, 32, 32)

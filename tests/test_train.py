@@ -136,6 +136,8 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
         summary = train(cfg, tmp_path / "run")
     # one batch holds all 43 files: each epoch reads the 3 corrupt ones once and trains on the other 40
     assert summary["skipped_images"] == 6 and summary["steps"] == 2
+    assert summary["skipped_files"] == 3 and sorted(summary["skipped"]) == ["bad0.jpg", "bad1.jpg", "bad2.jpg"]
+    assert summary["skipped_line"].startswith("skipped 3 unreadable files (6 occurrences): bad")
 
 
 @pytest.mark.slow
@@ -226,6 +228,7 @@ def test_training_streams_from_tar_shards(tmp_path):
     with pytest.warns(Warning, match="bad|not"):
         summary = train(cfg, tmp_path / "run")
     assert summary["steps"] == 2 and summary["skipped_images"] == 2  # the corrupt file, once per epoch
+    assert summary["skipped_files"] == 1 and list(summary["skipped"]) == ["shard-000000.tar:000000020"]  # shard:key
 
 
 def test_targets_are_the_papers_layer_norm_shared_with_the_decoders():

@@ -2,8 +2,8 @@
 
 A single unreadable JPEG among a million must not kill a multi-day pretraining run, so
 ``__getitem__`` of the folder datasets returns ``None`` for such a file instead of raising, and
-:func:`collate_skip_corrupt` drops those entries and reports how many it dropped; the training loop
-decides whether the count is worth alarming about. ``read(i)`` returns the same item, or an
+:func:`collate_skip_corrupt` drops those entries and lists them; the training loop counts them per distinct
+file (:class:`~ijepa.data.decode.SkipTally`). ``read(i)`` returns the same item, or an
 :class:`~ijepa.data.decode.Unreadable` saying which file and why, and ``source(i)`` names sample ``i``'s file
 (relative to the root): what extraction records for every row. Decoding follows :mod:`ijepa.data.decode`
 (a pixel limit, JPEG draft decoding).
@@ -193,20 +193,21 @@ class TensorImageDataset(Dataset):
 
 
 def collate_skip_corrupt(batch: Sequence[Sample | Unreadable | None]
-                         ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Unreadable | None]]:
     """Collate ``(image, label)`` items, dropping ``None`` and :class:`Unreadable` (corrupt) ones.
 
-    Returns ``(images, labels, n_skipped)``; ``(None, None, n_skipped)`` when every item was corrupt.
-    The batch is therefore smaller than ``batch_size`` whenever something was skipped.
+    Returns ``(images, labels, skipped)``: ``skipped`` lists the dropped items (an :class:`Unreadable` names its
+    file; ``None`` names nothing), so ``len(skipped)`` is the count; ``(None, None, skipped)`` when every item
+    was corrupt. The batch is therefore smaller than ``batch_size`` whenever something was skipped.
     """
     kept = [item for item in batch if item is not None and not isinstance(item, Unreadable)]
-    n_skipped = len(batch) - len(kept)
+    skipped = [item for item in batch if item is None or isinstance(item, Unreadable)]
     if not kept:
-        return None, None, n_skipped
+        return None, None, skipped
     # default_collate rather than torch.stack: inside a worker it writes straight into shared
     # memory, saving a copy when the batch is sent to the main process.
     images, labels = default_collate(kept)
-    return images, labels, n_skipped
+    return images, labels, skipped
 
 
 # ------------------------------------------------------------------------------- provenance through wrappers

@@ -87,7 +87,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, rank: int = 0, world_size
                  drop_last: bool = True, shuffle: bool = True
                  ) -> tuple[DataLoader, ResumableDistributedSampler]:
     """DataLoader over ``dataset`` with a :class:`ResumableDistributedSampler` and
-    :func:`~ijepa.data.datasets.collate_skip_corrupt`, so batches are ``(images, labels, n_skipped)``.
+    :func:`~ijepa.data.datasets.collate_skip_corrupt`, so batches are ``(images, labels, skipped)``.
 
     Call ``sampler.set_epoch(e)`` (and ``sampler.set_start(k, batch_size)`` when resuming) before
     iterating. ``len(loader)`` counts only the batches left after the start.

@@ -1,7 +1,8 @@
 """From a data config to batches of training images on the device, reproducibly.
 
 Two pipelines behind one interface (``steps_per_epoch``, ``input_spec``, ``epoch(e, start)`` yielding
-``(images, n_skipped)``, ``monitor_batch(n)``):
+``(images, skipped)`` (the unusable samples of the batch, :class:`~ijepa.data.decode.Unreadable` where named),
+``monitor_batch(n)``):
 - in memory (Fashion-MNIST): uint8 tensors cut by index and cropped as a batch on the device. No loader
   processes: on a 2-core machine a worker would take half the compute from the step.
 - folders: a DataLoader with worker processes and the reference's per-image PIL transforms.
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
+from ..data.datasets import read_sample
 from ..data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, default_max_size
 from ..data.loader import InMemoryBatches, build_loader
 from ..data.shards import ShardDataset, build_shard_loader
@@ -65,7 +67,7 @@ class InMemoryPipeline:
         for i, (x, _) in enumerate(self.batches, start=start):
             x = x.to(self.device, non_blocking=True)
             x = self.crop(x, generator_for("crop", self.seed, self.dist.rank, epoch, i))
-            yield normalize_batch(x, self.mean, self.std), 0
+            yield normalize_batch(x, self.mean, self.std), ()
 
     def knn_sets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(bank images, bank labels, query images, query labels) for the online k-NN monitor, or None."""
@@ -109,7 +111,7 @@ class _SeededTransform(torch.utils.data.Dataset):
             torch.manual_seed(s)
             random.seed(s)
             try:
-                return self.dataset[i]
+                return read_sample(self.dataset, i)  # an unusable file comes back as an Unreadable naming it
             finally:
                 random.setstate(py_state)
 
@@ -147,16 +149,16 @@ class LoaderPipeline:
             self.dataset.epoch = epoch  # picked up by workers: they are re-created each epoch (no persistence)
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start, self.cfg.batch_size)
-        for i, (images, _, n_skipped) in enumerate(self.loader, start=start):
+        for i, (images, _, skipped) in enumerate(self.loader, start=start):
             if images is None:
-                yield None, n_skipped
+                yield None, skipped
                 continue
             if self.augment is None:
-                yield images.to(self.device, non_blocking=True), n_skipped
+                yield images.to(self.device, non_blocking=True), skipped
                 continue
             canvases, sizes = images
             g = generator_for("gpu_augment", self.seed, self.dist.rank, epoch, i)
-            yield self.augment(canvases.to(self.device, non_blocking=True), sizes, g), n_skipped
+            yield self.augment(canvases.to(self.device, non_blocking=True), sizes, g), skipped
 
     def knn_sets(self) -> None:
         return None  # folder and shard pipelines: no labelled held-out split to use
@@ -206,7 +208,7 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
         draft = 2 * cfg.crop_size
     if cfg.dataset == "shards":
         dataset = open_images("shards", root, transform=transform, mode=mode, limit=cfg.limit, rank=dist.rank,
-                              world_size=dist.world_size, seed=seed)
+                              world_size=dist.world_size, seed=seed, name_skipped=True)
         eval_ds = open_images("shards", root, transform=eval_tf, mode=mode, shuffle=False)
         return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
     # the limit applies after the canvas wrapper, which needs the folder dataset itself

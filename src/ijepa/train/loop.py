@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
 
 from ..config import Config, OptimizationConfig
+from ..data.decode import SkipTally
 from ..device import bf16_supported, resolve_device
 from ..errors import NonFiniteLossError
 from ..masks import MultiBlockMaskSampler
@@ -123,7 +124,7 @@ def report(summary: dict, is_main: bool) -> None:
         print(f"{summary['stopped']}: saved {summary['checkpoint']} at step {summary['steps']}; resume with the "
               "same command", flush=True)
     if is_main and summary["skipped_images"]:
-        print(f"skipped {summary['skipped_images']} unreadable images (named in the warnings above)", flush=True)
+        print(summary["skipped_line"], flush=True)
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -149,15 +150,15 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     monitor = Monitor(model.target_encoder, data.monitor_batch(), data.knn_sets() if lg.online_knn else None,
                       device.type, bf16)
     images_per_step = cfg.data.batch_size * dist.world_size
-    step, skipped, stopped, t_start = start_step, 0, None, time.perf_counter()
+    step, skipped, stopped, t_start = start_step, SkipTally(), None, time.perf_counter()
     with RunLog(Path(out_dir), cfg, is_main=dist.is_main, start_step=start_step, total_steps=total_steps,
                 steps_per_epoch=ipe, checkpoint_name=ckpt.latest.name, last_loss=last_loss) as log, \
             Preemption() as preempt:
         while step < total_steps and stopped is None:
             epoch, start_batch = divmod(step, ipe)
             t_last = time.perf_counter()
-            for images, n_skipped in data.epoch(epoch, start_batch):
-                skipped += n_skipped
+            for images, skipped_here in data.epoch(epoch, start_batch):
+                skipped.add(skipped_here)
                 if images is None:
                     continue
                 masks_enc, masks_pred = masks(images.shape[0], generator_for("mask", cfg.meta.seed, dist.rank, step))
@@ -166,7 +167,8 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
                 loss = train_step(state, images, masks_enc, masks_pred, step)
                 now = time.perf_counter()
                 dt, t_last = now - t_last, now
-                log.record(step_row(epoch, step, schedules, masks_enc, masks_pred, dt, images_per_step, skipped), loss)
+                log.record(step_row(epoch, step, schedules, masks_enc, masks_pred, dt, images_per_step,
+                                    skipped.occurrences), loss)
                 step += 1
                 if step % lg.log_freq == 0 or step == total_steps:
                     log.flush(show_lr=schedules.lr_at(step))
@@ -191,7 +193,10 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         summary = {"steps": step, "epochs": step / ipe, "final_loss": final_loss, "minutes": elapsed / 60,
                    "images_seen": (step - start_step) * images_per_step,
                    "images_per_s": (step - start_step) * images_per_step / max(elapsed, 1e-9), "bf16": bf16,
-                   "device": str(device), "world_size": dist.world_size, "skipped_images": skipped,
+                   "device": str(device), "world_size": dist.world_size,
+                   "skipped_images": skipped.occurrences, "skipped_files": skipped.files,
+                   "skipped": dict(list(skipped.reasons.items())[:100]),  # file -> reason, the first 100
+                   "skipped_line": skipped.line() if skipped.occurrences else None,
                    "checkpoint": str(ckpt.latest), "stopped": stopped, **stats}
         log.write_summary(summary)
     report(summary, dist.is_main)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ...seeding import stream_seed
 from ..datasets import _DECODE_ERRORS, CorruptImageWarning, collate_skip_corrupt
+from ..decode import Unreadable
 from .format import INDEX_NAME, ShardInfo, ShardReadWarning, _image_ext, _iter_samples, read_index
 
 __all__ = ["ShardDataset", "build_shard_loader"]
@@ -123,7 +124,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, shards_dir_or_glob: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
                  *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
                  shuffle: bool = True, batch_size: int | None = None, mode: str = "RGB",
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, name_skipped: bool = False) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got world_size={world_size}, "
                              f"rank={rank}")
@@ -144,6 +145,8 @@ class ShardDataset(IterableDataset):
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.batch_size = batch_size
         self.mode = mode
+        # True: an unusable sample comes as an Unreadable naming it (shard:key), for a per-file tally of skips
+        self.name_skipped = name_skipped
         self.epoch = 0
         self.start = 0  # batches of this rank's epoch already consumed (set_start)
         # Per process, like the folder datasets: each worker may warn once about the same sample.
@@ -282,16 +285,19 @@ class ShardDataset(IterableDataset):
             warnings.warn(f"Skipping unreadable sample {self.root / where}: {problem}", CorruptImageWarning,
                           stacklevel=3)
 
-    def _decode(self, rec: _Record, epoch_pos: int) -> tuple[Any, int] | None:
+    def _skip(self, where: str, reason: str) -> Unreadable | None:
+        return Unreadable(where, reason) if self.name_skipped else None
+
+    def _decode(self, rec: _Record, epoch_pos: int) -> tuple[Any, int] | Unreadable | None:
         if rec.data is None:
-            return None
+            return self._skip(rec.where, "no usable image member (see the warning)")
         try:
             with Image.open(io.BytesIO(rec.data)) as img:
                 # convert() forces the full decode, so truncation surfaces here, not inside the transform.
                 img = img.convert(self.mode)
         except _DECODE_ERRORS as e:
             self._warn(rec.where, f"{type(e).__name__}: {e}")
-            return None
+            return self._skip(rec.where, f"{type(e).__name__}: {e}")
         if self.transform is not None:
             with _seeded_rng(stream_seed("shard_sample", self.seed, self.epoch, epoch_pos)):
                 img = self.transform(img)
