@@ -147,3 +147,24 @@ def test_in_memory_rows_are_indices():
                               progress=False)
     assert sub.rows == [5, 1, 3] and sub.labels.tolist() == [2, 1, 0]
     assert torch.equal(sub.features, fs.features[[5, 1, 3]])
+
+
+def test_ijepa_extract_on_a_folder_writes_which_file_each_row_is(tmp_path, capsys):
+    from ijepa.cli import main
+    from ijepa.interop import export
+
+    root, colours = _colour_folder(tmp_path)
+    enc = build_encoder("vit_tiny", img_size=16, patch_size=8, depth=1)
+    model = export(enc, tmp_path / "enc.safetensors", "ijepa", source="tiny test encoder")
+    with pytest.warns(CorruptImageWarning):
+        assert main(["extract", str(model), "--dataset", "imagefolder", "--root", str(root), "--batch-size", "4",
+                     "--dtype", "fp32", "--out", str(tmp_path / "f.safetensors")]) == 0
+    assert "3 unreadable files skipped" in capsys.readouterr().out
+    back = load_features(tmp_path / "f.safetensors")
+    assert back.rows == sorted(colours) and back.classes == ["a", "b"] and len(back.features) == 12
+    assert [s["source"] for s in back.skipped] == ["a/img_02_bad.png", "a/img_06_bad.jpg", "b/img_09_torn.png"]
+    assert "tiny test encoder" in back.meta["source"] and back.meta["dataset"] == "imagefolder"
+    ds = FlatImageFolder(root)
+    alone = extract_feature_set(enc, Subset(ds, [ds.samples.index((str(root / back.rows[5]), -1))]),
+                                progress=False, dtype="fp32")
+    torch.testing.assert_close(back.features[5], alone.features[0], atol=1e-5, rtol=0)  # row 5 is file rows[5]

@@ -356,3 +356,21 @@ def test_ijepa_train_stays_the_training_function_after_the_package_is_imported(t
 
     summary = ijepa.train(cfg_with("optimization.max_steps=2"), tmp_path)
     assert summary["steps"] == 2
+
+
+def test_images_above_the_pixel_limit_are_skipped_and_named(tmp_path):
+    from PIL import Image
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(16):
+        Image.new("RGB", (20, 20), (10 * i, 50, 90)).save(root / f"{i:02d}.png")
+    Image.new("RGB", (60, 60), (1, 2, 3)).save(root / "big.png")  # 3,600 pixels, above the limit below
+    cfg = load_config(None, TINY + ["data.dataset=folder", f"data.root_path={root}", "data.crop_size=16",
+                                    "data.in_chans=3", "data.num_workers=0", "data.limit=null",
+                                    "data.batch_size=17", "optimization.max_steps=1", "mask.patch_size=4",
+                                    "data.max_image_pixels=1000"])
+    with pytest.warns(Warning, match="big.png"):
+        summary = train(cfg, tmp_path / "run")
+    assert summary["skipped_files"] == 1 and "above the limit of 1,000" in summary["skipped"]["big.png"]
+    with pytest.raises(ConfigError, match="data.max_image_pixels must be > 0"):
+        load_config(None, ["data.max_image_pixels=0"])

@@ -117,6 +117,9 @@ class DataConfig:
     mean: tuple[float, ...] | None = _f(None, "normalisation mean (null: ImageNet's, or the dataset's own)")
     std: tuple[float, ...] | None = _f(None, "normalisation std (null: ImageNet's, or the dataset's own)")
     limit: int | None = _f(None, "use only the first N images (smoke tests, quick looks)")
+    max_image_pixels: int | None = _f(100_000_000, "folders: images with more pixels (width x height, read from "
+                                                   "the header) are skipped, counted and named instead of decoded "
+                                                   "(null: no limit; data/decode.py)")
     gpu_augment: bool = _f(False, "folders and shards: the loader workers only decode each image (into a uint8 "
                                   "canvas, see gpu_augment_size) and the batch's crops, flips, colour jitter and "
                                   "blur run on the training device in one call, with the worker path's "
@@ -128,7 +131,8 @@ class DataConfig:
                                             "crop_size), so ImageNet-size images pass unresized)")
 
     def check(self) -> None:
-        _positive("data", self, "batch_size", "crop_size", "in_chans", "limit", "gpu_augment_size")
+        _positive("data", self, "batch_size", "crop_size", "in_chans", "limit", "gpu_augment_size",
+                  "max_image_pixels")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         _range_pair("data.crop_scale", self.crop_scale, 0.0, 1.0)

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, Subset
 from ..errors import DataError, DatasetNotFoundError
 from ..spec import InputSpec
 from .datasets import FlatImageFolder, ImageFolderDataset
+from .decode import DEFAULT_MAX_PIXELS
 from .fashion_mnist import CLASSES as FMNIST_CLASSES
 from .fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
 from .fashion_mnist import MEAN as FMNIST_MEAN
@@ -117,13 +118,14 @@ def first(dataset: Dataset, n: int | None) -> Dataset:
 
 def open_images(kind: str, root: str | os.PathLike | None = None, *, split: str | None = "train",
                 transform: Callable[[Any], Any] | None = None, mode: str = "RGB", limit: int | None = None,
-                draft_size: int | None = None, **shard_options: Any) -> TensorImages | Dataset:
+                draft_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                **shard_options: Any) -> TensorImages | Dataset:
     """The ``split`` of dataset ``kind`` at ``root`` (``None``: ``root`` itself, a folder that is one split):
     :class:`TensorImages` for Fashion-MNIST (``transform`` unused: in-memory paths prepare whole batches), else a
     dataset of ``(transform(image), label)``.
 
     ``limit``: the first N images. ``draft_size``: JPEGs decode at the smallest scale keeping both sides at least
-    this. ``shard_options`` go to :class:`~ijepa.data.shards.ShardDataset` (rank, world_size, seed, shuffle)."""
+    this. ``max_pixels``: larger images in a folder are skipped unread (None: no limit). ``shard_options`` go to :class:`~ijepa.data.shards.ShardDataset` (rank, world_size, seed, shuffle)."""
     _check_kind(kind)
     if split is not None and split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
@@ -139,7 +141,7 @@ def open_images(kind: str, root: str | os.PathLike | None = None, *, split: str 
         raise TypeError(f"options {sorted(shard_options)} apply to shards only")
     folder = split_root(kind, root, split)
     cls = ImageFolderDataset if kind == "imagefolder" else FlatImageFolder
-    return first(cls(folder, transform, mode=mode, draft_size=draft_size), limit)
+    return first(cls(folder, transform, mode=mode, draft_size=draft_size, max_pixels=max_pixels), limit)
 
 
 def class_names(data: TensorImages | Dataset) -> list[str] | None:

@@ -212,8 +212,9 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
         eval_ds = open_images("shards", root, transform=eval_tf, mode=mode, shuffle=False)
         return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
     # the limit applies after the canvas wrapper, which needs the folder dataset itself
-    dataset = open_images(cfg.dataset, root, transform=transform, mode=mode, draft_size=draft)
-    eval_ds = open_images(cfg.dataset, root, transform=eval_tf, mode=mode)
+    dataset = open_images(cfg.dataset, root, transform=transform, mode=mode, draft_size=draft,
+                          max_pixels=cfg.max_image_pixels)
+    eval_ds = open_images(cfg.dataset, root, transform=eval_tf, mode=mode, max_pixels=cfg.max_image_pixels)
     if cfg.gpu_augment:
         dataset = CanvasFolder(dataset)
     return LoaderPipeline(first(dataset, cfg.limit), cfg, dist, seed, device, mean, std, eval_ds)
