@@ -43,7 +43,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         rung, why = choose_rung()
         name = rung.config
         print(f"CPU default: {name}, because {why}; --config NAME runs another", flush=True)
-    cfg = load_config(name, args.overrides)
+    flags = [f"optimization.minutes={args.minutes}"] if args.minutes is not None else []
+    flags += [f"meta.precision={args.dtype}"] if args.dtype else []
+    cfg = load_config(name, list(args.overrides) + flags)
     out = args.out or cfg.logging.folder or f"runs/{Path(name).stem}"
     cfg.logging.folder = str(out)
     summary = train(cfg, out)
@@ -83,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", "-c",
                    help="YAML file or shipped config name (default: the CPU default's rung for this machine, below)")
     t.add_argument("--out", "-o", help="run folder (default: logging.folder, else runs/<config name>)")
+    t.add_argument("--minutes", type=float,
+                   help="time budget (optimization.minutes): time a few steps, then train for as many steps as end "
+                        "within M minutes of wall time, every schedule annealed over them; the step count goes to "
+                        "budget.json, config.yaml and the checkpoint (a re-run resumes it, "
+                        "optimization.total_steps=N reproduces it)")
+    t.add_argument("--dtype", choices=PRECISIONS, help="meta.precision: " + DTYPE_HELP)
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
     t.set_defaults(func=_cmd_train)
 

@@ -64,8 +64,13 @@ class MetaConfig:
     init_std: float = _f(0.02, "std of the encoder's truncated-normal weight init (the reference's 0.02; each "
                                "block's output projections are then scaled by 1/sqrt(2·layer) as the reference)")
     drop_path: float = _f(0.0, "stochastic depth rate of the context encoder (linear over blocks)")
-    use_bfloat16: bool = _f(True, "bf16 autocast where the device supports it (CUDA with bf16, CPUs with "
-                                  "avx512_bf16/AMX); fp32 elsewhere")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = _f(
+        "auto", "auto: bf16 autocast where the device runs it natively (CUDA GPUs with bf16, CPUs with avx512_bf16 "
+                "or AMX), fp16 autocast with a gradient scaler on CUDA GPUs without bf16 (T4, V100, P100), fp32 "
+                "elsewhere; bf16 / fp16 / fp32 force one (a dtype the device would emulate warns, with the "
+                "measured matmul throughput). ijepa/precision.py")
+    use_bfloat16: bool = _f(True, "the reference's switch, kept as an alias: false means meta.precision=fp32 when "
+                                  "meta.precision is auto; true leaves meta.precision to decide")
     load_checkpoint: bool = _f(True, "resume from the run folder's latest checkpoint when one exists")
     read_checkpoint: str | None = _f(None, "resume from this checkpoint file instead of the run folder's latest")
     copy_data: bool = _f(False, "accepted for compatibility with the reference's configs; has no effect")
@@ -74,6 +79,12 @@ class MetaConfig:
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     grad_checkpointing: bool = _f(False, "activation checkpointing in the context encoder (huge/gigantic)")
     threads: int | None = _f(None, "CPU threads for torch (null: torch's default)")
+
+    @property
+    def precision_request(self) -> str:
+        """What to ask the precision policy for: ``precision``, with the reference's ``use_bfloat16=false``
+        meaning fp32."""
+        return "fp32" if not self.use_bfloat16 and self.precision == "auto" else self.precision
 
     def check(self) -> None:
         if self.model_name not in ENCODER_NAMES:
@@ -91,6 +102,8 @@ class MetaConfig:
         if self.pred_emb_dim % pred_heads:
             raise ConfigError(f"meta.pred_emb_dim: width {self.pred_emb_dim} does not divide into {pred_heads} heads "
                               "(set meta.pred_num_heads)")
+        if not self.use_bfloat16 and self.precision == "bf16":
+            raise ConfigError("meta.use_bfloat16=false contradicts meta.precision=bf16: drop one")
         if self.device != "auto" and not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"meta.device: '{self.device}' is not auto, cpu, cuda or cuda:N")
 
@@ -195,15 +208,23 @@ class OptimizationConfig:
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
     clip_grad: float | None = _f(None, "clip the gradient norm to this value (null: no clipping)")
     max_steps: int | None = _f(None, "stop after this many steps in all (schedules keep their full length)")
+    total_steps: int | None = _f(None, "the run's length in steps, and the schedules' horizon (lr warm-up taking "
+                                       "warmup / epochs of it): null = epochs x steps per epoch. Set by "
+                                       "optimization.minutes, recorded in config.yaml and the checkpoint")
+    minutes: float | None = _f(None, "a time budget (ijepa train --minutes M): the run times a few throwaway steps, "
+                                     "then fixes total_steps so that training, the epoch-end checks and "
+                                     "checkpoints end within M minutes of wall time, every schedule annealed over "
+                                     "that horizon (train/budget.py; budget.json in the run folder). Resuming "
+                                     "keeps the recorded step count; DDP ranks agree on the slowest's")
 
     def check(self) -> None:
-        _positive("optimization", self, "epochs", "ipe_scale", "clip_grad", "max_steps")
+        _positive("optimization", self, "epochs", "ipe_scale", "clip_grad", "max_steps", "total_steps", "minutes")
         for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "warmup"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"optimization.lr must be > 0, got {self.lr}")
-        if self.warmup > self.epochs * self.ipe_scale:
+        if self.total_steps is None and self.minutes is None and self.warmup > self.epochs * self.ipe_scale:
             raise ConfigError(f"optimization.warmup ({self.warmup}) is longer than the run "
                               f"({self.epochs} epochs × ipe_scale {self.ipe_scale})")
         _range_pair("optimization.ema", self.ema, 0.0, 1.0)

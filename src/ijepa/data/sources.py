@@ -125,7 +125,8 @@ def open_images(kind: str, root: str | os.PathLike | None = None, *, split: str 
     dataset of ``(transform(image), label)``.
 
     ``limit``: the first N images. ``draft_size``: JPEGs decode at the smallest scale keeping both sides at least
-    this. ``max_pixels``: larger images in a folder are skipped unread (None: no limit). ``shard_options`` go to :class:`~ijepa.data.shards.ShardDataset` (rank, world_size, seed, shuffle)."""
+    this. ``max_pixels``: larger images in a folder are skipped unread (None: no limit). ``shard_options`` go to
+    :class:`~ijepa.data.shards.ShardDataset` (rank, world_size, seed, shuffle, name_skipped)."""
     _check_kind(kind)
     if split is not None and split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")

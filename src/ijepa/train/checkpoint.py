@@ -4,7 +4,8 @@ Layout (a dict, ``torch.save``d): the reference's keys ``encoder``, ``predictor`
 ``scaler``, ``epoch``, ``loss``, ``batch_size``, ``world_size``, ``lr`` — so tools written for its files read ours —
 and ours: ``format`` ("ijepa"), ``version``, ``step`` (global), ``batch_in_epoch`` (sampler position), ``rng``
 (global CPU/CUDA generator states, for stochastic depth), ``arch`` (what rebuilds the models), ``input_spec``,
-``config`` (the resolved run config).
+``config`` (the resolved run config), ``total_steps`` (the step count a time-budgeted run was planned with, so
+that its resume keeps the same schedules; None otherwise). ``scaler`` holds fp16's loss-scaler state.
 """
 
 from __future__ import annotations
@@ -66,15 +67,20 @@ class Checkpointer:
         self.steps_per_epoch, self.is_main, self.info = steps_per_epoch, is_main, info
         self.latest = self.out / f"{tag}-latest.pth.tar"
         self.last_saved = -1
+        self.scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler, saved and restored with the rest
+        self.resumed_total_steps: int | None = None  # the step count a resumed run was planned with
+        self.resumed_step = 0
 
     def state(self, step: int, loss: float) -> dict[str, Any]:
         m, ipe = self.model, self.steps_per_epoch
         return {"encoder": m.encoder.state_dict(), "predictor": m.predictor.state_dict(),
-                "target_encoder": m.target_encoder.state_dict(), "opt": self.optimizer.state_dict(), "scaler": None,
+                "target_encoder": m.target_encoder.state_dict(), "opt": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None and self.scaler.is_enabled() else None,
                 "epoch": step // ipe, "loss": loss, "batch_size": self.info["batch_size"],
                 "world_size": self.info["world_size"], "lr": self.schedules.lr_at(step), "format": "ijepa",
                 "version": __version__, "step": step, "batch_in_epoch": step % ipe, "rng": rng_state(),
-                "input_spec": self.info["input_spec"], "arch": m.arch_dict(), "config": self.info["config"]}
+                "input_spec": self.info["input_spec"], "arch": m.arch_dict(), "config": self.info["config"],
+                "total_steps": self.info.get("total_steps")}
 
     def save(self, step: int, loss: float, keep_epoch: int | None = None) -> None:
         if step == self.last_saved:
@@ -109,6 +115,10 @@ class Checkpointer:
             raise CheckpointError(f"{path} does not match this config's models: {e}") from None
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+        if ckpt.get("scaler") and self.scaler is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.resumed_total_steps = ckpt.get("total_steps")
+        self.resumed_step = int(ckpt["step"])
         step = int(ckpt["step"])
         if self.is_main:
             print(f"resumed from {path} at step {step} (epoch {step // self.steps_per_epoch})", flush=True)

@@ -16,16 +16,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.profiler import record_function
 
 from ..config import Config, OptimizationConfig
 from ..data.decode import SkipTally
-from ..device import bf16_supported, resolve_device
+from ..device import resolve_device
 from ..errors import NonFiniteLossError
+from ..io import atomic_write_json
 from ..masks import MultiBlockMaskSampler
 from ..optim import set_lr
+from ..precision import Precision, backward_step, resolve_precision
 from ..seeding import generator_for
 from . import distributed as D
+from .budget import horizon
 from .checkpoint import Checkpointer
 from .ijepa import IJEPA, sigreg, vicreg_terms
 from .inputs import build_pipeline
@@ -42,24 +44,32 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     schedules: Schedules
     device: torch.device
-    bf16: bool
+    precision: Precision | bool  # the policy's choice (a bool means bf16 or fp32, as older callers pass it)
     clip_grad: float | None = None
     forward: nn.Module | None = None  # what computes the loss: DDP(model) when distributed, else the model
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (a disabled one otherwise)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.precision, bool):
+            self.precision = Precision("bf16" if self.precision else "fp32", self.device.type)
+        if self.scaler is None:
+            self.scaler = self.precision.grad_scaler()
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision.name == "bf16"
 
 
 def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor],
                masks_pred: list[torch.Tensor], step: int) -> torch.Tensor:
-    """Scheduled lr and weight decay -> loss -> backward -> (clip) -> AdamW step -> EMA update of the target."""
+    """Scheduled lr and weight decay -> loss -> backward -> (clip) -> AdamW step -> EMA update of the target.
+    In fp16 the loss is scaled and a step with inf/NaN gradients skipped (``backward_step``); bf16 and fp32 run
+    the plain step, bit for bit."""
     set_lr(s.optimizer, s.schedules.lr_at(step), s.schedules.wd_at(step))
-    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.bf16):
+    with s.precision.autocast():
         loss = (s.forward or s.model)(images, masks_enc, masks_pred)
     s.optimizer.zero_grad(set_to_none=True)
-    with record_function("backward"):
-        loss.backward()
-    with record_function("optimizer"):
-        if s.clip_grad:
-            torch.nn.utils.clip_grad_norm_([p for g in s.optimizer.param_groups for p in g["params"]], s.clip_grad)
-        s.optimizer.step()
+    backward_step(loss, s.optimizer, s.scaler, clip_grad=s.clip_grad)
     s.model.update_target(s.schedules.momentum_at(step))
     return loss.detach()
 
@@ -92,8 +102,9 @@ class Preemption:
 # ------------------------------------------------------------------------------------------------ the setup
 
 
-def setup_device(cfg: Config) -> tuple[torch.device, D.DistInfo, bool]:
-    """(device, process group facts, bf16?) with the process group joined and the seed set."""
+def setup_device(cfg: Config) -> tuple[torch.device, D.DistInfo, Precision]:
+    """(device, process group facts, the precision policy's choice) with the process group joined and the seed
+    set."""
     device = resolve_device(cfg.meta.device)
     dist = D.init_distributed(device.type)
     if device.type == "cuda":
@@ -103,11 +114,11 @@ def setup_device(cfg: Config) -> tuple[torch.device, D.DistInfo, bool]:
     if cfg.meta.threads:
         torch.set_num_threads(cfg.meta.threads)
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
-    return device, dist, cfg.meta.use_bfloat16 and bf16_supported(device)
+    return device, dist, resolve_precision(cfg.meta.precision_request, device)
 
 
 def total_steps_of(opt: OptimizationConfig, steps_per_epoch: int) -> int:
-    total = opt.epochs * steps_per_epoch
+    total = opt.total_steps or opt.epochs * steps_per_epoch
     return min(total, opt.max_steps) if opt.max_steps else total
 
 
@@ -130,27 +141,56 @@ def report(summary: dict, is_main: bool) -> None:
 # ------------------------------------------------------------------------------------------------- the loop
 
 
+def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks, monitor: Monitor, rank: int,
+                 t_start: float, out_dir: Path) -> int | None:
+    """The run's planned step count (None: ``epochs`` long), measuring a time budget when there is one; the
+    plan goes into the config (so ``config.yaml`` reproduces it), the checkpoints and ``budget.json``."""
+    first = None
+
+    def run_step(i: int) -> None:  # a throwaway step on the first batch (the budget restores the state after)
+        nonlocal first
+        first = first if first is not None else next(x for x, _ in data.epoch(0) if x is not None)
+        enc, pred = masks(len(first), generator_for("mask", cfg.meta.seed, rank, i))
+        dev = state.device
+        train_step(state, first, [m.to(dev) for m in enc], [m.to(dev) for m in pred], i)
+
+    state.schedules = Schedules.from_config(cfg.optimization, data.steps_per_epoch)  # for the throwaway steps
+    timed = {"model": state.model, "optimizer": state.optimizer, "scaler": state.scaler}
+    steps, plan = horizon(cfg, ckpt, run_step, lambda: monitor(0), timed, state.device, t_start)
+    if steps is not None:
+        cfg.optimization.total_steps = ckpt.info["total_steps"] = steps
+        ckpt.info["config"] = cfg.to_dict()
+    if plan is not None and ckpt.is_main:
+        atomic_write_json(out_dir / "budget.json", plan.to_dict())
+        print(f"time budget: {plan.minutes:g} min -> {steps} steps ({plan.step_seconds:.3f} s a step measured "
+              f"here, {plan.check_seconds:.1f} s a check, {plan.setup_seconds:.1f} s start-up)", flush=True)
+    return steps
+
+
 def train(cfg: Config, out_dir: str | Path) -> dict:
     """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns a summary dict."""
-    device, dist, bf16 = setup_device(cfg)
+    t_start = time.perf_counter()  # a time budget counts from here
+    device, dist, precision = setup_device(cfg)
     data = build_pipeline(cfg.data, dist, cfg.meta.seed, device)
     ipe, lg = data.steps_per_epoch, cfg.logging
-    total_steps = total_steps_of(cfg.optimization, ipe)
     model = IJEPA.from_config(cfg, data.input_spec)
     masks = MultiBlockMaskSampler(model.grid_size, cfg.mask)
     model.to(device)
     optimizer = model.configure_optimizer(cfg.optimization, device.type)
-    schedules = Schedules.from_config(cfg.optimization, ipe)
-    ckpt = Checkpointer(Path(out_dir), lg.write_tag, model, optimizer, schedules, steps_per_epoch=ipe,
+    state = TrainState(model, optimizer, None, device, precision, cfg.optimization.clip_grad,
+                       distribute(model, cfg, dist, device))
+    ckpt = Checkpointer(Path(out_dir), lg.write_tag, model, optimizer, None, steps_per_epoch=ipe,
                         is_main=dist.is_main, info={"batch_size": cfg.data.batch_size, "world_size": dist.world_size,
                                                     "input_spec": data.input_spec.to_dict(), "config": cfg.to_dict()})
+    ckpt.scaler = state.scaler
     start_step, last_loss = ckpt.resume(cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device) or (0, math.nan)
-    state = TrainState(model, optimizer, schedules, device, bf16, cfg.optimization.clip_grad,
-                       distribute(model, cfg, dist, device))
     monitor = Monitor(model.target_encoder, data.monitor_batch(), data.knn_sets() if lg.online_knn else None,
-                      device.type, bf16)
+                      device.type, state.bf16)
+    planned = plan_horizon(cfg, state, ckpt, data, masks, monitor, dist.rank, t_start, Path(out_dir))
+    state.schedules = ckpt.schedules = schedules = Schedules.from_config(cfg.optimization, ipe, planned)
+    total_steps = total_steps_of(cfg.optimization, ipe)
     images_per_step = cfg.data.batch_size * dist.world_size
-    step, skipped, stopped, t_start = start_step, SkipTally(), None, time.perf_counter()
+    step, skipped, stopped, t_loop = start_step, SkipTally(), None, time.perf_counter()
     with RunLog(Path(out_dir), cfg, is_main=dist.is_main, start_step=start_step, total_steps=total_steps,
                 steps_per_epoch=ipe, checkpoint_name=ckpt.latest.name, last_loss=last_loss) as log, \
             Preemption() as preempt:
@@ -189,10 +229,12 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         stats = {} if stopped else monitor(step)
         if not stopped:
             log.monitor(step, stats)
-        elapsed = time.perf_counter() - t_start
+        elapsed = time.perf_counter() - t_loop
         summary = {"steps": step, "epochs": step / ipe, "final_loss": final_loss, "minutes": elapsed / 60,
                    "images_seen": (step - start_step) * images_per_step,
-                   "images_per_s": (step - start_step) * images_per_step / max(elapsed, 1e-9), "bf16": bf16,
+                   "images_per_s": (step - start_step) * images_per_step / max(elapsed, 1e-9), "bf16": state.bf16,
+                   "precision": str(state.precision),
+                   "wall_minutes": (time.perf_counter() - t_start) / 60, "planned_steps": planned,
                    "device": str(device), "world_size": dist.world_size,
                    "skipped_images": skipped.occurrences, "skipped_files": skipped.files,
                    "skipped": dict(list(skipped.reasons.items())[:100]),  # file -> reason, the first 100

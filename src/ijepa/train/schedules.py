@@ -25,10 +25,17 @@ class Schedules:
     ema_end: float
 
     @classmethod
-    def from_config(cls, opt, steps_per_epoch: int) -> Schedules:
-        """``opt`` is an ``OptimizationConfig``; warmup is in epochs, as the reference's."""
-        total = int(opt.ipe_scale * opt.epochs * steps_per_epoch)
-        return cls(total_steps=max(total, 1), warmup_steps=int(opt.warmup * steps_per_epoch),
+    def from_config(cls, opt, steps_per_epoch: int, total_steps: int | None = None) -> Schedules:
+        """``opt`` is an ``OptimizationConfig``; warmup is in epochs, as the reference's. With ``total_steps``
+        (a run fixed in steps, e.g. by a time budget) the schedules run over ``ipe_scale`` × that many steps and
+        the warm-up takes the same share of them as ``warmup`` epochs of ``epochs``."""
+        if total_steps is None:
+            total = int(opt.ipe_scale * opt.epochs * steps_per_epoch)
+            warmup = int(opt.warmup * steps_per_epoch)
+        else:
+            total = int(opt.ipe_scale * total_steps)
+            warmup = int(total_steps * min(opt.warmup / opt.epochs, 1.0))
+        return cls(total_steps=max(total, 1), warmup_steps=warmup,
                    start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr, weight_decay=opt.weight_decay,
                    final_weight_decay=opt.final_weight_decay, ema_start=opt.ema[0], ema_end=opt.ema[1])
 

@@ -1,0 +1,126 @@
+"""Time-budgeted training: from "M minutes" to a step count, measured on the machine that runs it.
+
+``optimization.minutes`` (``ijepa train --minutes M``) makes a run end within M minutes of wall time *annealed*,
+not truncated: the run times a few throwaway steps, fixes ``optimization.total_steps`` so that the steps, the
+checks and the checkpoints fit what is left, and every schedule (lr warm-up and cosine, weight decay, EMA ramp)
+runs over that horizon. The plan is written to ``budget.json`` and the resolved ``config.yaml`` and kept in the
+checkpoint, so re-running the same command resumes the same schedule (it does not measure again), and a run
+with ``optimization.total_steps=N`` reproduces it. Under DDP every rank times its own steps and all take the
+slowest rank's time, so they agree on one step count.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as tdist
+
+from ..errors import ConfigError
+
+# Steps timed after the warm-up ones (not counted: the first steps pay for allocation, autotuning, compilation).
+WARMUP_STEPS, TIMED_STEPS = 2, 4
+# Left unplanned, for what the plan cannot see (the last checkpoint write, the summary, timing noise).
+MARGIN = 0.03
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a time budget became: the run's steps, and the measurements behind them (``budget.json``)."""
+
+    minutes: float
+    total_steps: int
+    step_seconds: float        # one training step, the slowest rank's, after warm-up
+    check_seconds: float       # one full check (monitor) at an epoch end
+    setup_seconds: float       # spent before planning (start-up and the measurement itself)
+    steps_per_epoch: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def slowest(seconds: float, device: torch.device) -> float:
+    """The largest ``seconds`` over all ranks (itself when not distributed)."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def plan_steps(minutes: float, *, step_seconds: float, check_seconds: float, setup_seconds: float,
+               steps_per_epoch: int) -> BudgetPlan:
+    """The most steps whose training plus the epoch-end checks fit ``minutes`` after ``setup_seconds``.
+
+    Raises :class:`ConfigError` when not one step fits."""
+    left = minutes * 60.0 * (1 - MARGIN) - setup_seconds - check_seconds  # the final check always runs
+
+    def cost(n: int) -> float:  # n steps, and a check (and a checkpoint, cheap beside it) at each epoch end
+        return n * step_seconds + (n // steps_per_epoch) * check_seconds
+
+    steps = max(0, math.floor(left / (step_seconds + check_seconds / steps_per_epoch)))  # a lower bound
+    while cost(steps + 1) <= left:
+        steps += 1
+    if steps < 1:
+        need = (setup_seconds + step_seconds + check_seconds) / 60 / (1 - MARGIN)
+        raise ConfigError(f"optimization.minutes={minutes:g} leaves no time for one training step here "
+                          f"(start-up {setup_seconds:.1f} s, one step {step_seconds:.2f} s, the final check "
+                          f"{check_seconds:.1f} s): give at least {need:.2f} minutes")
+    return BudgetPlan(minutes, steps, step_seconds, check_seconds, setup_seconds, steps_per_epoch)
+
+
+def time_steps(run_step: Callable[[int], None], state: dict[str, torch.nn.Module | torch.optim.Optimizer],
+               device: torch.device) -> float:
+    """Seconds per step of ``run_step(i)`` (which trains one step), measured on throwaway steps: the modules and
+    optimizers in ``state`` and the global RNG streams are restored afterwards, so the run starts exactly as if
+    nothing had been measured."""
+    saved = {k: copy.deepcopy(v.state_dict()) for k, v in state.items()}
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        for i in range(WARMUP_STEPS):
+            run_step(i)
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(WARMUP_STEPS, WARMUP_STEPS + TIMED_STEPS):
+            run_step(i)
+        _sync(device)
+        seconds = (time.perf_counter() - t0) / TIMED_STEPS
+    for k, v in state.items():
+        v.load_state_dict(saved[k])
+    return slowest(seconds, device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None], state: dict, device,
+            t_start: float) -> tuple[int | None, BudgetPlan | None]:
+    """The run's planned step count and, for a budget measured now, its plan: the count a resumed checkpoint
+    recorded, else ``optimization.total_steps``, else one planned from ``optimization.minutes`` (timing
+    ``run_step`` and ``check``), else None (the run is ``epochs`` long)."""
+    opt = cfg.optimization
+    if ckpt.resumed_total_steps is not None:
+        if opt.total_steps is not None and opt.total_steps != ckpt.resumed_total_steps:
+            raise ConfigError(f"optimization.total_steps={opt.total_steps}, but the checkpoint being resumed was "
+                              f"planned with {ckpt.resumed_total_steps} steps: drop the key to continue it")
+        return ckpt.resumed_total_steps, None
+    if opt.total_steps is not None or opt.minutes is None:
+        return opt.total_steps, None
+    if ckpt.resumed_step > 0:
+        raise ConfigError("optimization.minutes: the checkpoint being resumed was not started with a time budget; "
+                          "resume it without one (or start a new run folder)")
+    step_s = time_steps(run_step, state, device)
+    with torch.random.fork_rng(devices=[]):
+        t0 = time.perf_counter()
+        check()
+        check_s = slowest(time.perf_counter() - t0, device)
+    setup_s = slowest(time.perf_counter() - t_start, device)
+    plan = plan_steps(opt.minutes, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
+                      steps_per_epoch=ckpt.steps_per_epoch)
+    return plan.total_steps, plan
