@@ -37,7 +37,8 @@ def part_of(mod: str) -> str:
 def main(src: str = "src/ijepa") -> None:
     root = Path(src)
     files = sorted(root.rglob("*.py"))
-    sizes, funcs, local, edges = [], [], [], defaultdict(set)
+    names = {module_name(f, root).replace(".", "/") for f in files}
+    sizes, funcs, local, edges, mod_edges = [], [], [], defaultdict(set), defaultdict(set)
     for f in files:
         text = f.read_text()
         mod, is_pkg = module_name(f, root), f.name == "__init__.py"
@@ -59,6 +60,13 @@ def main(src: str = "src/ijepa") -> None:
                 target = resolve(mod, is_pkg, node)
                 if target.startswith("ijepa") and part_of(target) != part_of(mod):
                     edges[part_of(mod)].add(part_of(target))
+        for node in tree.body:  # module-level imports: what runs when the module is imported
+            if isinstance(node, ast.ImportFrom):
+                target = resolve(mod, is_pkg, node)
+                if target.startswith("ijepa"):
+                    for a in node.names:  # `from . import x` may name a submodule
+                        sub = f"{target}.{a.name}"
+                        mod_edges[mod].add(sub if sub.replace(".", "/") in names else target)
     print("largest files:")
     for n, name in sorted(sizes, reverse=True)[:5]:
         print(f"  {n:5d}  {name}")
@@ -87,6 +95,14 @@ def main(src: str = "src/ijepa") -> None:
         if n not in state:
             visit(n, [n])
     print("cycles between parts: " + ("; ".join(" -> ".join(c) for c in cycles) if cycles else "none"))
+    cycles, state = [], {}
+    edges = mod_edges
+    for n in sorted(mod_edges):
+        if n not in state:
+            visit(n, [n])
+    cycles = [c for c in cycles if len(c) > 2 or c[0] != c[1]]
+    print("import cycles between modules (module-level imports): "
+          + ("; ".join(" -> ".join(c) for c in cycles) if cycles else "none"))
 
 
 if __name__ == "__main__":

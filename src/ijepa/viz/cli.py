@@ -171,7 +171,7 @@ def cmd_train_decoder(args: argparse.Namespace) -> int:
                                    batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
                                    depth=args.depth if args.depth is not None else 2,
                                    seed=args.seed, log=lambda m: print(m, flush=True), log_every=args.log_every,
-                                   dtype=args.dtype)
+                                   dtype=args.dtype or "fp32")
     path = save_decoder(decoder, args.out, input_spec=spec, source=str(getattr(encoder, "source", args.model)),
                         stats=stats)
     print(f"{stats.steps} steps ({stats.precision}) in {stats.seconds:.0f} s; held-out PSNR {stats.val_psnr:.2f} dB "
@@ -288,10 +288,10 @@ def register(subparsers) -> None:
     t.add_argument("--hidden", type=int, default=128, help="decoder width")
     t.add_argument("--depth", type=int, help="residual conv blocks over the token grid (default 2; stochastic: 4)")
     t.add_argument("--log-every", type=int, default=100)
-    t.add_argument("--dtype", choices=PRECISIONS, default="fp32",
+    t.add_argument("--dtype", choices=PRECISIONS,
                    help="the precision policy's choice for the extraction and the decoder's steps (auto: bf16 where "
-                        "native, fp16 with a gradient scaler on CUDA without bf16); fp32 by default, comparable "
-                        "across machines")
+                        "native, fp16 with a gradient scaler on CUDA without bf16); default fp32 for --kind pixel "
+                        "(comparable across machines), auto for --kind stochastic")
     t.add_argument("--seed", type=int, default=0)
     stochastic_cli.add_train_args(t)
     t.set_defaults(func=_guard(cmd_train_decoder))

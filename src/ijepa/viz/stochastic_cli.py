@@ -19,8 +19,6 @@ def add_train_args(t: argparse.ArgumentParser) -> None:
                    help="stochastic: flow matching (default) or DDPM with DDIM sampling (needs ijepa[diffusion])")
     t.add_argument("--pixel-channels", type=int, default=16, help="stochastic: channels at pixel level")
     t.add_argument("--device", default="auto", help="stochastic: cpu, cuda, cuda:1 or auto")
-    t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="stochastic: the autocast dtype (auto: bf16 where native)")
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +28,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=4, help="samples per box with --stochastic-decoder (default 4)")
     p.add_argument("--sample-steps", type=int, default=24, help="sampling steps per sample (default 24)")
     p.add_argument("--device", default="auto", help="where the samples are drawn: cpu, cuda or auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="the precision policy's choice for the samples (auto: bf16 where native)")
 
 
 def train(args: argparse.Namespace, encoder, train_images, val_images, mask_cfg, minutes: float) -> int:
@@ -45,7 +44,7 @@ def train(args: argparse.Namespace, encoder, train_images, val_images, mask_cfg,
         encoder, train_images, val_images=val_images, steps=args.steps, minutes=minutes, batch_size=args.batch_size,
         lr=args.lr, hidden=args.hidden, depth=args.depth if args.depth is not None else 4,
         pixel_channels=args.pixel_channels, process=args.process, mask_cfg=mask_cfg, device=device,
-        precision=args.precision, seed=args.seed, log=lambda m: print(m, flush=True), log_every=args.log_every)
+        precision=args.dtype or "auto", seed=args.seed, log=lambda m: print(m, flush=True), log_every=args.log_every)
     path = save_stochastic_decoder(model, args.out, encoder=encoder, source=encoder.source or str(args.model),
                                    stats=stats)
     print(f"{stats.steps} steps in {stats.seconds:.0f} s; one sample from the true tokens: {stats.sample_psnr:.2f} dB "
@@ -64,7 +63,7 @@ def predict(args: argparse.Namespace, wm, shown, boxes, decoder, probe, probe_bo
     sampler, info = load_stochastic_decoder(args.stochastic_decoder)
     check_fits(sampler, info, wm.target_encoder)
     device = str(resolve_device(args.device))
-    kw = {"seed": args.seed, "steps": args.sample_steps, "device": device, "precision": args.precision}
+    kw = {"seed": args.seed, "steps": args.sample_steps, "device": device, "precision": args.dtype}
     rows = render_samples(wm, shown.images, boxes, sampler, args.samples, decoder=decoder, **kw)
     title = (f"{args.model} ({wm.source}): {args.samples} samples of what the predictor predicts for the red box\n"
              f"stochastic decoder ({sampler.arch.process}, {args.sample_steps} steps, seed {args.seed}) on the token "
