@@ -145,14 +145,6 @@ def open_images(kind: str, root: str | os.PathLike | None = None, *, split: str 
     return first(cls(folder, transform, mode=mode, draft_size=draft_size, max_pixels=max_pixels), limit)
 
 
-def class_names(data: TensorImages | Dataset) -> list[str] | None:
-    """The class names of any source (behind ``Subset`` wrappers), or None for unlabelled data."""
-    while isinstance(data, Subset):
-        data = data.dataset
-    classes = getattr(data, "classes", None)
-    return None if classes is None else list(classes)
-
-
-__all__ = ["DATASETS", "TensorImages", "class_names", "first", "mode_for", "normalisation", "open_images",
-           "require", "split_root"]
+__all__ = ["DATASETS", "TensorImages", "first", "mode_for", "normalisation", "open_images", "require",
+           "split_root"]
 
