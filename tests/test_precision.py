@@ -173,3 +173,16 @@ def test_the_benchmark_times_what_the_policy_runs_and_marks_an_emulated_dtype(mo
     _caps(monkeypatch, bf16=True, cuda=False)  # Zen 4 / Sapphire Rapids
     assert bench.resolve_dtypes(None, torch.device("cpu")) == {"fp32": False, "bf16": False}
     assert "(emulated)" in bench._row_name({"variant": "", "dtype": "bf16", "emulated": True, "compile": False})
+
+
+@pytest.mark.parametrize("isa, capped", [("AVX2", True), ("avx512_core", True), ("AVX512_CORE_BF16", False),
+                                         ("AVX512_CORE_AMX", False), ("", False)])
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch, isa, capped):
+    # scripts/as-avx2.sh stands in for an AVX2-only CPU this way: the policy and the ladder must then pick fp32
+    import ijepa.device as D
+
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert D._onednn_isa_capped() is capped
+    if capped:
+        assert D.bf16_supported("cpu") is False

@@ -12,13 +12,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) under which its bf16 matmuls fall back
+# to emulation even where the CPU has the instructions: scripts/as-avx2.sh sets AVX2 to stand in for an AVX2-only
+# CPU, and a user may set one to work around a kernel bug.
+_NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def _onednn_isa_capped() -> bool:
+    import os
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return isa.strip().upper() in _NO_BF16_ISAS
+
+
 def bf16_supported(device: torch.device | str) -> bool:
     """Whether bf16 autocast is worth using on ``device``: CUDA with native bf16, or a CPU with AMX or
-    AVX512-BF16 instructions (without them CPU bf16 is emulated and slower than fp32)."""
+    AVX512-BF16 instructions (without them CPU bf16 is emulated and slower than fp32), unless oneDNN is capped below
+    them (ONEDNN_MAX_CPU_ISA)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":
+        return False
+    if _onednn_isa_capped():
         return False
     # get_cpu_capability() only names the widest vector ISA ("AVX512" even on a CPU with avx512_bf16), so
     # prefer torch's own instruction probes, which exist since 2.1.
