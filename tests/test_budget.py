@@ -1,4 +1,4 @@
-"""Time-budgeted training (optimization.minutes / ijepa train --minutes) and the precision policy in pretraining:
+"""Time-budgeted training (optimization.minutes / ijepa train --minutes, the cap optimization.max_minutes) and the precision policy in pretraining:
 the budget sets the schedules' horizon, a budgeted run resumes exactly, ranks agree, fp16 trains with a scaler."""
 
 import csv
@@ -83,6 +83,35 @@ def test_a_budgeted_run_resumes_exactly_and_its_step_count_reproduces_it(tmp_pat
 def test_a_budget_too_small_for_one_step_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="leaves no time for one training step"):
         train(cfg_with("optimization.minutes=0.001"), tmp_path)
+
+
+def test_a_cap_the_epochs_fit_leaves_the_run_unchanged_bit_for_bit(tmp_path):
+    # the CPU default's rungs carry a cap: on a machine fast enough for their epochs it must change nothing
+    plain = train(cfg_with(), tmp_path / "plain")
+    capped = train(cfg_with("optimization.max_minutes=5"), tmp_path / "capped")
+    plan = json.loads((tmp_path / "capped" / "budget.json").read_text())
+    assert plan["capped"] is False and plan["total_steps"] == capped["steps"] == plain["steps"] == 32
+    assert capped["planned_steps"] is None and "total_steps: null" in (tmp_path / "capped" / "config.yaml").read_text()
+    a = load_checkpoint(tmp_path / "plain" / "jepa-latest.pth.tar")
+    b = load_checkpoint(tmp_path / "capped" / "jepa-latest.pth.tar")
+    for part in ("encoder", "predictor", "target_encoder"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert lrs(tmp_path / "plain") == lrs(tmp_path / "capped")
+
+
+def test_a_cap_that_binds_anneals_the_steps_that_fit(tmp_path):
+    summary = train(cfg_with("optimization.epochs=400", "optimization.max_minutes=0.25"), tmp_path)
+    plan = json.loads((tmp_path / "budget.json").read_text())
+    n = plan["total_steps"]
+    assert plan["capped"] is True and summary["steps"] == summary["planned_steps"] == n < 400 * 16
+    assert load_checkpoint(tmp_path / "jepa-latest.pth.tar")["total_steps"] == n
+    assert lrs(tmp_path)[-1] < 0.05 * max(lrs(tmp_path))  # annealed to the end, not truncated
+
+
+def test_a_budget_and_a_cap_together_are_refused():
+    with pytest.raises(ConfigError, match=r"optimization.max_minutes: give a time budget .* not both"):
+        cfg_with("optimization.minutes=1", "optimization.max_minutes=2")
 
 
 def _rank_timing(rank: int, world: int, init_file: str, out_dir: str):

@@ -44,6 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         name = rung.config
         print(f"CPU default: {name}, because {why}; --config NAME runs another", flush=True)
     flags = [f"optimization.minutes={args.minutes}"] if args.minutes is not None else []
+    flags += [f"optimization.max_minutes={args.max_minutes}"] if args.max_minutes is not None else []
     flags += [f"meta.precision={args.dtype}"] if args.dtype else []
     cfg = load_config(name, list(args.overrides) + flags)
     out = args.out or cfg.logging.folder or f"runs/{Path(name).stem}"
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "within M minutes of wall time, every schedule annealed over them; the step count goes to "
                         "budget.json, config.yaml and the checkpoint (a re-run resumes it, "
                         "optimization.total_steps=N reproduces it)")
+    t.add_argument("--max-minutes", type=float,
+                   help="time cap (optimization.max_minutes): keep the configured epochs if they fit M minutes "
+                        "here, else train as many steps as fit, annealed as --minutes does (the CPU default's "
+                        "rungs set one; optimization.max_minutes=null lifts it)")
     t.add_argument("--dtype", choices=PRECISIONS, help="meta.precision: " + DTYPE_HELP)
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
     t.set_defaults(func=_cmd_train)

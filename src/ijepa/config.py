@@ -216,9 +216,17 @@ class OptimizationConfig:
                                      "checkpoints end within M minutes of wall time, every schedule annealed over "
                                      "that horizon (train/budget.py; budget.json in the run folder). Resuming "
                                      "keeps the recorded step count; DDP ranks agree on the slowest's")
+    max_minutes: float | None = _f(None, "a time cap (ijepa train --max-minutes M): the run keeps its epochs when "
+                                         "they fit M minutes here, and otherwise, as optimization.minutes does, "
+                                         "trains as many steps as fit with every schedule annealed over them. The "
+                                         "CPU default's rungs set one so the quick start ends in time on slow "
+                                         "machines and is unchanged on fast ones")
 
     def check(self) -> None:
-        _positive("optimization", self, "epochs", "ipe_scale", "clip_grad", "max_steps", "total_steps", "minutes")
+        _positive("optimization", self, "epochs", "ipe_scale", "clip_grad", "max_steps", "total_steps", "minutes",
+                  "max_minutes")
+        if self.minutes is not None and self.max_minutes is not None:
+            raise ConfigError("optimization.max_minutes: give a time budget (minutes) or a cap (max_minutes), not both")
         for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "warmup"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(self, key)}")

@@ -5,13 +5,16 @@ not truncated: the run times a few throwaway steps, fixes ``optimization.total_s
 checks and the checkpoints fit what is left, and every schedule (lr warm-up and cosine, weight decay, EMA ramp)
 runs over that horizon. The plan is written to ``budget.json`` and the resolved ``config.yaml`` and kept in the
 checkpoint, so re-running the same command resumes the same schedule (it does not measure again), and a run
-with ``optimization.total_steps=N`` reproduces it. Under DDP every rank times its own steps and all take the
+with ``optimization.total_steps=N`` reproduces it. ``optimization.max_minutes`` is the same measurement used as a
+cap: a run whose epochs fit keeps them (and its schedules) unchanged, one that would overrun is planned as a budget
+of that many minutes. Under DDP every rank times its own steps and all take the
 slowest rank's time, so they agree on one step count.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +41,7 @@ class BudgetPlan:
     check_seconds: float       # one full check (monitor) at an epoch end
     setup_seconds: float       # spent before planning (start-up and the measurement itself)
     steps_per_epoch: int
+    capped: bool = True        # False: a cap (optimization.max_minutes) that the run's own epochs fit under
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,13 +109,16 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
     recorded, else ``optimization.total_steps``, else one planned from ``optimization.minutes`` (timing
     ``run_step`` and ``check``), else None (the run is ``epochs`` long)."""
     opt = cfg.optimization
+    budget = opt.minutes if opt.minutes is not None else opt.max_minutes
     if ckpt.resumed_total_steps is not None:
         if opt.total_steps is not None and opt.total_steps != ckpt.resumed_total_steps:
             raise ConfigError(f"optimization.total_steps={opt.total_steps}, but the checkpoint being resumed was "
                               f"planned with {ckpt.resumed_total_steps} steps: drop the key to continue it")
         return ckpt.resumed_total_steps, None
-    if opt.total_steps is not None or opt.minutes is None:
+    if opt.total_steps is not None or budget is None:
         return opt.total_steps, None
+    if ckpt.resumed_step > 0 and opt.max_minutes is not None:
+        return None, None  # a cap that bound would have recorded its step count: the epochs fitted it
     if ckpt.resumed_step > 0:
         raise ConfigError("optimization.minutes: the checkpoint being resumed was not started with a time budget; "
                           "resume it without one (or start a new run folder)")
@@ -121,6 +128,12 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
         check()
         check_s = slowest(time.perf_counter() - t0, device)
     setup_s = slowest(time.perf_counter() - t_start, device)
-    plan = plan_steps(opt.minutes, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
+    plan = plan_steps(budget, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
                       steps_per_epoch=ckpt.steps_per_epoch)
+    if opt.max_minutes is not None:
+        full = opt.epochs * ckpt.steps_per_epoch
+        if opt.max_steps:
+            full = min(full, opt.max_steps)
+        if plan.total_steps >= full:  # the run as configured fits: keep its own schedules, bit for bit
+            return None, dataclasses.replace(plan, total_steps=full, capped=False)
     return plan.total_steps, plan

@@ -156,14 +156,23 @@ def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks
 
     state.schedules = Schedules.from_config(cfg.optimization, data.steps_per_epoch)  # for the throwaway steps
     timed = {"model": state.model, "optimizer": state.optimizer, "scaler": state.scaler}
+    configured = total_steps_of(cfg.optimization, data.steps_per_epoch)
     steps, plan = horizon(cfg, ckpt, run_step, lambda: monitor(0), timed, state.device, t_start)
     if steps is not None:
         cfg.optimization.total_steps = ckpt.info["total_steps"] = steps
         ckpt.info["config"] = cfg.to_dict()
     if plan is not None and ckpt.is_main:
         atomic_write_json(out_dir / "budget.json", plan.to_dict())
-        print(f"time budget: {plan.minutes:g} min -> {steps} steps ({plan.step_seconds:.3f} s a step measured "
-              f"here, {plan.check_seconds:.1f} s a check, {plan.setup_seconds:.1f} s start-up)", flush=True)
+        measured = (f"{plan.step_seconds:.3f} s a step measured here, {plan.check_seconds:.1f} s a check, "
+                    f"{plan.setup_seconds:.1f} s start-up")
+        if cfg.optimization.max_minutes is None:
+            print(f"time budget: {plan.minutes:g} min -> {steps} steps ({measured})", flush=True)
+        elif plan.capped:
+            print(f"time cap: {plan.minutes:g} min -> {steps} steps instead of the {configured} configured, every "
+                  f"schedule annealed over them ({measured})", flush=True)
+        else:
+            print(f"time cap: {plan.minutes:g} min; the configured {plan.total_steps} steps fit ({measured})",
+                  flush=True)
     return steps
 
 
