@@ -20,7 +20,7 @@ from ijepa.train.schedules import Schedules
 TINY = ["data.limit=256", "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=1",
         "meta.pred_depth=1", "meta.pred_emb_dim=48", "meta.use_bfloat16=false", "optimization.epochs=2",
         "optimization.warmup=0.5", "logging.progress=false", "logging.log_freq=4", "loss.var_weight=0",
-        "loss.cov_weight=0", "logging.online_knn=false"]
+        "loss.cov_weight=0", "logging.online_knn=false", "optimization.max_minutes=null"]
 
 
 def cfg_with(*extra):
@@ -109,9 +109,11 @@ def test_a_cap_that_binds_anneals_the_steps_that_fit(tmp_path):
     assert lrs(tmp_path)[-1] < 0.05 * max(lrs(tmp_path))  # annealed to the end, not truncated
 
 
-def test_a_budget_and_a_cap_together_are_refused():
-    with pytest.raises(ConfigError, match=r"optimization.max_minutes: give a time budget .* not both"):
-        cfg_with("optimization.minutes=1", "optimization.max_minutes=2")
+def test_a_budget_replaces_the_rungs_cap(tmp_path):
+    # the CPU default carries a cap; `ijepa train --minutes M` on it must plan M minutes, not keep the epochs
+    summary = train(cfg_with("optimization.max_minutes=5", "optimization.minutes=0.2"), tmp_path)
+    plan = json.loads((tmp_path / "budget.json").read_text())
+    assert plan["capped"] is True and plan["minutes"] == 0.2 and summary["steps"] == plan["total_steps"] != 32
 
 
 def _rank_timing(rank: int, world: int, init_file: str, out_dir: str):

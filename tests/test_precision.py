@@ -186,3 +186,21 @@ def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch, isa, capp
     assert D._onednn_isa_capped() is capped
     if capped:
         assert D.bf16_supported("cpu") is False
+
+
+def _denormal_survives() -> bool:
+    return (torch.tensor([1e-39]) * 1.0).item() != 0.0
+
+
+def test_training_flushes_denormals_on_the_cpu_as_configured():
+    # without the flush fp32 CPU steps slow down as training goes on (benchmarks/denormals.py)
+    from ijepa.config import load_config
+    from ijepa.train.loop import setup_device
+
+    try:
+        setup_device(load_config(None, ["meta.device=cpu"]))
+        assert not _denormal_survives()
+        setup_device(load_config(None, ["meta.device=cpu", "meta.flush_denormal=false"]))
+        assert _denormal_survives()
+    finally:
+        torch.set_flush_denormal(False)  # torch's default, for the tests that follow

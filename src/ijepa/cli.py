@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command != "config":  # every command that computes: fp32 on the CPU slows down on denormals
+            from .device import flush_denormals
+            flush_denormals()          # (training sets it again from meta.flush_denormal)
         return args.func(args) or 0
     except IJepaError as e:  # the errors we raise on purpose: one line; anything else is a bug (traceback)
         print(f"ijepa: {e.kind}: {' '.join(str(e).splitlines())}", file=sys.stderr)

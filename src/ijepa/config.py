@@ -79,6 +79,8 @@ class MetaConfig:
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     grad_checkpointing: bool = _f(False, "activation checkpointing in the context encoder (huge/gigantic)")
     threads: int | None = _f(None, "CPU threads for torch (null: torch's default)")
+    flush_denormal: bool = _f(True, "CPU: flush denormal floats to zero (FTZ/DAZ); without it fp32 steps slow down "
+                                    "as training goes on (docs/performance.md, benchmarks/denormals.py)")
 
     @property
     def precision_request(self) -> str:
@@ -220,13 +222,11 @@ class OptimizationConfig:
                                          "they fit M minutes here, and otherwise, as optimization.minutes does, "
                                          "trains as many steps as fit with every schedule annealed over them. The "
                                          "CPU default's rungs set one so the quick start ends in time on slow "
-                                         "machines and is unchanged on fast ones")
+                                         "machines and is unchanged on fast ones; a budget (minutes) replaces it")
 
     def check(self) -> None:
         _positive("optimization", self, "epochs", "ipe_scale", "clip_grad", "max_steps", "total_steps", "minutes",
                   "max_minutes")
-        if self.minutes is not None and self.max_minutes is not None:
-            raise ConfigError("optimization.max_minutes: give a time budget (minutes) or a cap (max_minutes), not both")
         for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "warmup"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(self, key)}")

@@ -117,7 +117,7 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
         return ckpt.resumed_total_steps, None
     if opt.total_steps is not None or budget is None:
         return opt.total_steps, None
-    if ckpt.resumed_step > 0 and opt.max_minutes is not None:
+    if ckpt.resumed_step > 0 and opt.minutes is None:
         return None, None  # a cap that bound would have recorded its step count: the epochs fitted it
     if ckpt.resumed_step > 0:
         raise ConfigError("optimization.minutes: the checkpoint being resumed was not started with a time budget; "
@@ -130,7 +130,7 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
     setup_s = slowest(time.perf_counter() - t_start, device)
     plan = plan_steps(budget, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
                       steps_per_epoch=ckpt.steps_per_epoch)
-    if opt.max_minutes is not None:
+    if opt.minutes is None:  # a cap (a budget, when both are given, replaces the cap)
         full = opt.epochs * ckpt.steps_per_epoch
         if opt.max_steps:
             full = min(full, opt.max_steps)
