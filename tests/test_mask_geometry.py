@@ -46,7 +46,7 @@ def test_impossible_mask_geometry_is_one_config_line_before_anything_is_built(tm
     def no_models(*a, **k):
         raise AssertionError("a model was built")
     monkeypatch.setattr(VisionTransformer, "__init__", no_models)
-    assert main(["train", "--out", str(tmp_path / "run"), *IMPOSSIBLE]) == 2
+    assert main(["train", "--config", "fmnist_cpu", "--out", str(tmp_path / "run"), *IMPOSSIBLE]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("ijepa: config error: fmnist_cpu.yaml: mask.pred_mask_scale, mask.enc_mask_scale")
