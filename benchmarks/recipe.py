@@ -59,7 +59,8 @@ def main() -> None:
     t1 = time.perf_counter()
     tgt_acc, tgt_rank = probe(tgt)
     ctx_acc = None if args.target_only else probe(enc)[0]
-    row = {"name": args.name, "config": args.config or "fmnist_cpu", "overrides": args.overrides, "images_seen": summary["images_seen"],
+    row = {"name": args.name, "config": args.config or "fmnist_cpu", "overrides": args.overrides,
+           "images_seen": summary["images_seen"],
            "train_minutes": round(train_min, 2), "images_per_s": round(summary["images_per_s"], 1),
            "final_loss": round(summary["final_loss"], 4), "target_probe": round(tgt_acc, 4),
            "context_probe": None if ctx_acc is None else round(ctx_acc, 4), "rankme": round(tgt_rank, 1),

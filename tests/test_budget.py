@@ -1,5 +1,6 @@
-"""Time-budgeted training (optimization.minutes / ijepa train --minutes, the cap optimization.max_minutes) and the precision policy in pretraining:
-the budget sets the schedules' horizon, a budgeted run resumes exactly, ranks agree, fp16 trains with a scaler."""
+"""Time-budgeted training (optimization.minutes / ijepa train --minutes, the cap optimization.max_minutes) and the
+precision policy in pretraining: the budget sets the schedules' horizon, a budgeted run resumes exactly, ranks
+agree, a cap leaves a run that fits unchanged, fp16 trains with a scaler."""
 
 import csv
 import json

@@ -15,7 +15,8 @@ from ijepa.models import build_encoder
 from ijepa.seeding import STREAMS, generator_for
 from ijepa.train.loop import train
 
-TINY = ["optimization.max_minutes=null", "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=1", "meta.pred_depth=1",
+TINY = ["optimization.max_minutes=null",  # the default rung's time cap would time throwaway steps first
+        "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=1", "meta.pred_depth=1",
         "meta.pred_emb_dim=48", "meta.use_bfloat16=false", "logging.progress=false", "loss.var_weight=0",
         "loss.cov_weight=0"]
 

@@ -15,7 +15,8 @@ from ijepa.train.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from ijepa.train.loop import NonFiniteLossError, train
 
 # A model small enough that a step takes milliseconds: the tests are about the loop, not the learning.
-TINY = ["optimization.max_minutes=null", "data.limit=256", "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=2",
+TINY = ["optimization.max_minutes=null",  # the default rung's time cap would time throwaway steps first
+        "data.limit=256", "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=2",
         "meta.pred_depth=1", "meta.pred_emb_dim=48", "meta.use_bfloat16=false", "optimization.epochs=2",
         "optimization.warmup=0.5", "logging.progress=false", "logging.log_freq=4", "meta.drop_path=0.1",
         "loss.var_weight=0", "loss.cov_weight=0"]
