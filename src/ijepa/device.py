@@ -52,8 +52,7 @@ def bf16_supported(device: torch.device | str) -> bool:
 
 def flush_denormals(on: bool = True) -> None:
     """Flush denormal floats to zero on the CPU (FTZ/DAZ, in torch's worker threads too). Without it fp32
-    training slows down as it goes on: on 2 cores the fmnist_cpu_fp32 rung's steps grew from 0.71 to 1.26 s over
-    150 steps and stayed at 0.69-0.74 s with it (benchmarks/denormals.py, docs/performance.md). Values below
-    1.2e-38 become 0, far below anything training resolves."""
+    training slows down as it goes on, as denormals appear in activations and gradients (benchmarks/denormals.py,
+    docs/performance.md). Values below 1.2e-38 become 0, far below anything training resolves."""
     torch.set_flush_denormal(on)
 

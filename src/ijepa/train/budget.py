@@ -47,6 +47,12 @@ class BudgetPlan:
         return asdict(self)
 
 
+def total_steps_of(opt, steps_per_epoch: int) -> int:
+    """The steps a run of ``opt`` (an ``OptimizationConfig``) takes: total_steps, else its epochs, within max_steps."""
+    total = opt.total_steps or opt.epochs * steps_per_epoch
+    return min(total, opt.max_steps) if opt.max_steps else total
+
+
 def slowest(seconds: float, device: torch.device) -> float:
     """The largest ``seconds`` over all ranks (itself when not distributed)."""
     if not (tdist.is_available() and tdist.is_initialized()):
@@ -131,9 +137,7 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
     plan = plan_steps(budget, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
                       steps_per_epoch=ckpt.steps_per_epoch)
     if opt.minutes is None:  # a cap (a budget, when both are given, replaces the cap)
-        full = opt.epochs * ckpt.steps_per_epoch
-        if opt.max_steps:
-            full = min(full, opt.max_steps)
+        full = total_steps_of(opt, ckpt.steps_per_epoch)  # total_steps is None here
         if plan.total_steps >= full:  # the run as configured fits: keep its own schedules, bit for bit
             return None, dataclasses.replace(plan, total_steps=full, capped=False)
     return plan.total_steps, plan

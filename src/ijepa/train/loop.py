@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Config, OptimizationConfig
+from ..config import Config
 from ..data.decode import SkipTally
 from ..device import flush_denormals, resolve_device
 from ..errors import NonFiniteLossError
@@ -27,7 +27,7 @@ from ..optim import set_lr
 from ..precision import Precision, backward_step, resolve_precision
 from ..seeding import generator_for
 from . import distributed as D
-from .budget import WARMUP_STEPS, horizon
+from .budget import WARMUP_STEPS, horizon, total_steps_of
 from .checkpoint import Checkpointer
 from .ijepa import IJEPA, sigreg, vicreg_terms
 from .inputs import build_pipeline
@@ -119,11 +119,6 @@ def setup_device(cfg: Config) -> tuple[torch.device, D.DistInfo, Precision]:
     return device, dist, resolve_precision(cfg.meta.precision_request, device)
 
 
-def total_steps_of(opt: OptimizationConfig, steps_per_epoch: int) -> int:
-    total = opt.total_steps or opt.epochs * steps_per_epoch
-    return min(total, opt.max_steps) if opt.max_steps else total
-
-
 def distribute(model: IJEPA, cfg: Config, dist: D.DistInfo, device: torch.device) -> nn.Module:
     """What computes the loss: ``model``, its compiled view (meta.compile), and that in DDP when distributed."""
     forward = model.compiled() if cfg.meta.compile else model
@@ -152,13 +147,13 @@ def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks
     def run_step(i: int) -> None:
         # A throwaway step (the budget restores the state after) on a batch of its own, drawn through the
         # pipeline as the run's steps are: timing one cached batch left out the crops and the collation, and
-        # budgeted runs then ran 10-13% slower than planned.
+        # budgeted runs then overran.
         nonlocal batches
         batches = batches if batches is not None else (x for x, _ in data.epoch(0) if x is not None)
         images = next(batches)
         # The timed steps repeat the warm-up steps' masks, so they run shapes already seen: on CPUs with AMX,
         # oneDNN builds kernels for each new sequence length, a cost the run pays once per length (seconds in
-        # all), but which made fresh-mask timing 1.4x the run's steady step and capped fmnist_cpu at 351 steps.
+        # all) but which fresh-mask timing would charge to every step (docs/cpu-recipe.md, "The ladder").
         enc, pred = masks(len(images), generator_for("mask", cfg.meta.seed, rank, i % WARMUP_STEPS))
         dev = state.device
         train_step(state, images, [m.to(dev) for m in enc], [m.to(dev) for m in pred], i)
