@@ -25,8 +25,13 @@ import torch.distributed as tdist
 
 from ..errors import ConfigError
 
-# Steps timed after the warm-up ones (not counted: the first steps pay for allocation, autotuning, compilation).
-WARMUP_STEPS, TIMED_STEPS = 2, 4
+# The timing runs each mask draw twice and times the second run: the first use of a draw's sequence lengths pays for
+# allocation, autotuning and (on AMX CPUs) oneDNN's kernel building, which the run pays once per length, not per
+# step. The step time varies with the draw (the batch's shortest context sets its length), so the plan times as
+# many draws as TIMING_SHARE of the budget affords, between MIN_DRAWS and MAX_DRAWS (docs/cpu-recipe.md, "The
+# budget curve").
+TIMING_SHARE = 0.03
+MIN_DRAWS, MAX_DRAWS = 2, 16
 # Left unplanned, for what the plan cannot see (the last checkpoint write, the summary, timing noise).
 MARGIN = 0.03
 
@@ -84,24 +89,31 @@ def plan_steps(minutes: float, *, step_seconds: float, check_seconds: float, set
 
 
 def time_steps(run_step: Callable[[int], None], state: dict[str, torch.nn.Module | torch.optim.Optimizer],
-               device: torch.device) -> float:
-    """Seconds per step of ``run_step(i)`` (which trains one step), measured on throwaway steps: the modules and
-    optimizers in ``state`` and the global RNG streams are restored afterwards, so the run starts exactly as if
-    nothing had been measured."""
+               device: torch.device, budget_seconds: float | None = None) -> float:
+    """Seconds per step of ``run_step(d)`` (which trains one step on mask draw ``d``), measured on throwaway steps:
+    each draw runs once untimed, then once timed, over as many draws as ``TIMING_SHARE`` of ``budget_seconds``
+    affords (``MIN_DRAWS`` without a budget). The modules and optimizers in ``state`` and the global RNG streams
+    are restored afterwards, so the run starts exactly as if nothing had been measured. Under DDP every rank runs
+    the same number of steps and returns the slowest rank's time."""
     saved = {k: copy.deepcopy(v.state_dict()) for k, v in state.items()}
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    timed: list[float] = []
+    draws = MIN_DRAWS
     with torch.random.fork_rng(devices=cuda):
-        for i in range(WARMUP_STEPS):
-            run_step(i)
-        _sync(device)
-        t0 = time.perf_counter()
-        for i in range(WARMUP_STEPS, WARMUP_STEPS + TIMED_STEPS):
-            run_step(i)
-        _sync(device)
-        seconds = (time.perf_counter() - t0) / TIMED_STEPS
+        while len(timed) < draws:
+            d = len(timed)
+            run_step(d)
+            _sync(device)
+            t0 = time.perf_counter()
+            run_step(d)
+            _sync(device)
+            timed.append(time.perf_counter() - t0)
+            if len(timed) == MIN_DRAWS and budget_seconds:  # ranks agree on the first estimate, so on the count
+                first = slowest(sum(timed) / len(timed), device)
+                draws = max(MIN_DRAWS, min(MAX_DRAWS, int(TIMING_SHARE * budget_seconds / (2 * first))))
     for k, v in state.items():
         v.load_state_dict(saved[k])
-    return slowest(seconds, device)
+    return slowest(sum(timed) / len(timed), device)
 
 
 def _sync(device: torch.device) -> None:
@@ -128,7 +140,7 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
     if ckpt.resumed_step > 0:
         raise ConfigError("optimization.minutes: the checkpoint being resumed was not started with a time budget; "
                           "resume it without one (or start a new run folder)")
-    step_s = time_steps(run_step, state, device)
+    step_s = time_steps(run_step, state, device, budget * 60)
     with torch.random.fork_rng(devices=[]):
         t0 = time.perf_counter()
         check()

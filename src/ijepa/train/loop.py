@@ -7,6 +7,7 @@ The pieces live beside this file: the model and its loss in ``ijepa.py`` (:class
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import time
@@ -27,7 +28,7 @@ from ..optim import set_lr
 from ..precision import Precision, backward_step, resolve_precision
 from ..seeding import generator_for
 from . import distributed as D
-from .budget import WARMUP_STEPS, horizon, total_steps_of
+from .budget import horizon, total_steps_of
 from .checkpoint import Checkpointer
 from .ijepa import IJEPA, sigreg, vicreg_terms
 from .inputs import build_pipeline
@@ -144,19 +145,17 @@ def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks
     plan goes into the config (so ``config.yaml`` reproduces it), the checkpoints and ``budget.json``."""
     batches = None
 
-    def run_step(i: int) -> None:
+    def run_step(draw: int) -> None:
         # A throwaway step (the budget restores the state after) on a batch of its own, drawn through the
         # pipeline as the run's steps are: timing one cached batch left out the crops and the collation, and
-        # budgeted runs then overran.
+        # budgeted runs then overran. The masks are draw `draw`'s, which the timing runs twice (budget.time_steps).
         nonlocal batches
-        batches = batches if batches is not None else (x for x, _ in data.epoch(0) if x is not None)
+        if batches is None:  # epochs again when a small dataset has fewer batches than the timing's steps
+            batches = (x for e in itertools.count() for x, _ in data.epoch(e) if x is not None)
         images = next(batches)
-        # The timed steps repeat the warm-up steps' masks, so they run shapes already seen: on CPUs with AMX,
-        # oneDNN builds kernels for each new sequence length, a cost the run pays once per length (seconds in
-        # all) but which fresh-mask timing would charge to every step (docs/cpu-recipe.md, "The ladder").
-        enc, pred = masks(len(images), generator_for("mask", cfg.meta.seed, rank, i % WARMUP_STEPS))
+        enc, pred = masks(len(images), generator_for("mask", cfg.meta.seed, rank, draw))
         dev = state.device
-        train_step(state, images, [m.to(dev) for m in enc], [m.to(dev) for m in pred], i)
+        train_step(state, images, [m.to(dev) for m in enc], [m.to(dev) for m in pred], draw)
 
     state.schedules = Schedules.from_config(cfg.optimization, data.steps_per_epoch)  # for the throwaway steps
     timed = {"model": state.model, "optimizer": state.optimizer, "scaler": state.scaler}
