@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ijepa.config import load_config
-from ijepa.errors import ConfigError
+from ijepa.errors import ConfigError, RecipeTooSlowError
 from ijepa.train.budget import MAX_DRAWS, plan_steps, time_steps
 from ijepa.train.checkpoint import load_checkpoint
 from ijepa.train.loop import train
@@ -170,3 +170,13 @@ def test_use_bfloat16_false_is_the_references_way_of_saying_fp32():
     assert load_config(None, []).meta.precision_request == "auto"
     with pytest.raises(ConfigError, match="contradicts meta.precision=bf16"):
         load_config(None, ["meta.use_bfloat16=false", "meta.precision=bf16"])
+
+
+def test_a_cap_too_short_for_min_fit_stops_at_start_up_before_writing_anything(tmp_path):
+    # the CPU default's ladder steps down on this: the run folder must be left as it was, ready for the next rung
+    with pytest.raises(RecipeTooSlowError, match=r"s a step measured here, optimization.max_minutes=0.02 fits "
+                                                 r"about -?\d+ of the 32 configured steps, under the 50%"):
+        train(cfg_with("optimization.max_minutes=0.02"), tmp_path / "run", min_fit=0.5)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    # a cap that fits the share trains as a cap does
+    assert train(cfg_with("optimization.max_minutes=0.5"), tmp_path / "fits", min_fit=0.5)["steps"] >= 16

@@ -12,7 +12,7 @@ import yaml
 
 from .config import PRECISIONS, available_configs, describe, load_config
 from .errors import IJepaError
-from .ladder import choose_rung, describe_ladder
+from .ladder import choose_rung, describe_ladder, rungs_from
 
 TRAIN_EPILOG = """\
 overrides:
@@ -38,21 +38,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # Each command imports what it runs here, not at the top: building the parser (`ijepa --help`) stays light.
     from .train.loop import train
 
-    name = args.config
-    if name is None:
-        rung, why = choose_rung()
-        name = rung.config
-        print(f"CPU default: {name}, because {why}; --config NAME runs another", flush=True)
     flags = [f"optimization.minutes={args.minutes}"] if args.minutes is not None else []
     flags += [f"optimization.max_minutes={args.max_minutes}"] if args.max_minutes is not None else []
     flags += [f"meta.precision={args.dtype}"] if args.dtype else []
-    cfg = load_config(name, list(args.overrides) + flags)
-    out = args.out or cfg.logging.folder or f"runs/{Path(name).stem}"
-    cfg.logging.folder = str(out)
-    summary = train(cfg, out)
+    overrides = list(args.overrides) + flags
+    if args.config is not None:
+        cfg = load_config(args.config, overrides)
+        out = args.out or cfg.logging.folder or f"runs/{Path(args.config).stem}"
+        cfg.logging.folder = str(out)
+        summary = train(cfg, out)
+    else:
+        summary = _train_cpu_default(args.out, overrides, train)
     if summary.get("world_size", 1) == 1 or _is_rank0():
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, indent=2))
     return 0
+
+
+def _train_cpu_default(out: str | None, overrides: list[str], train) -> dict:
+    # The machine's rung, stepping down while a rung finds at start-up that its time cap would cut it short.
+    # A run folder given with --out keeps the rung it settled on (rung.json): re-running the command resumes that
+    # rung's run instead of measuring again.
+    from .errors import RecipeTooSlowError
+    from .io import atomic_write_json
+    from .ladder import LADDER
+
+    rung, why = choose_rung()
+    settled = Path(out) / "rung.json" if out else None
+    if settled is not None and settled.is_file():
+        name = json.loads(settled.read_text()).get("rung")
+        rung, why = next(r for r in LADDER if r.config == name), f"{settled} says this run was started with it"
+    print(f"CPU default: {rung.config}, because {why}; --config NAME runs another", flush=True)
+    rungs = rungs_from(rung)
+    cfgs = [load_config(r.config, overrides) for r in rungs]  # a bad override fails before anything runs
+    for i, (rung, cfg) in enumerate(zip(rungs, cfgs)):
+        folder = Path(out or cfg.logging.folder or f"runs/{rung.config}")
+        cfg.logging.folder = str(folder)
+        if settled is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(settled, {"rung": rung.config, "because": why})
+        try:
+            return train(cfg, folder, min_fit=rung.min_fit if i < len(rungs) - 1 else None)
+        except RecipeTooSlowError as e:
+            why = f"{rungs[i].config} was too slow here ({e})"
+            print(f"CPU default: {rungs[i + 1].config}, because {why}", flush=True)
+    raise AssertionError("the last rung runs without min_fit, so it never steps down")
 
 
 def _is_rank0() -> bool:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as tdist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RecipeTooSlowError
 
 # The timing runs each mask draw twice and times the second run: the first use of a draw's sequence lengths pays for
 # allocation, autotuning and (on AMX CPUs) oneDNN's kernel building, which the run pays once per length, not per
@@ -122,10 +122,12 @@ def _sync(device: torch.device) -> None:
 
 
 def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None], state: dict, device,
-            t_start: float) -> tuple[int | None, BudgetPlan | None]:
+            t_start: float, min_fit: float | None = None) -> tuple[int | None, BudgetPlan | None]:
     """The run's planned step count and, for a budget measured now, its plan: the count a resumed checkpoint
     recorded, else ``optimization.total_steps``, else one planned from ``optimization.minutes`` (timing
-    ``run_step`` and ``check``), else None (the run is ``epochs`` long)."""
+    ``run_step`` and ``check``), else None (the run is ``epochs`` long). With ``min_fit``, a cap
+    (``optimization.max_minutes``) whose minutes fit fewer than that share of the configured steps at the measured
+    step time raises :class:`RecipeTooSlowError` before the check is timed (a new run only)."""
     opt = cfg.optimization
     budget = opt.minutes if opt.minutes is not None else opt.max_minutes
     if ckpt.resumed_total_steps is not None:
@@ -141,11 +143,19 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
         raise ConfigError("optimization.minutes: the checkpoint being resumed was not started with a time budget; "
                           "resume it without one (or start a new run folder)")
     step_s = time_steps(run_step, state, device, budget * 60)
+    setup_s = slowest(time.perf_counter() - t_start, device)
+    if min_fit is not None and opt.minutes is None:
+        full = total_steps_of(opt, ckpt.steps_per_epoch)
+        fit = int((budget * 60 - setup_s) / step_s)  # before the checks' time: a bound the plan only lowers
+        if fit < min_fit * full:
+            raise RecipeTooSlowError(f"at {step_s:.3f} s a step measured here, optimization.max_minutes="
+                                     f"{budget:g} fits about {fit} of the {full} configured steps, under the "
+                                     f"{min_fit:.0%} this recipe needs")
     with torch.random.fork_rng(devices=[]):
         t0 = time.perf_counter()
         check()
         check_s = slowest(time.perf_counter() - t0, device)
-    setup_s = slowest(time.perf_counter() - t_start, device)
+    setup_s = slowest(time.perf_counter() - t_start, device)  # again: the check ran since
     plan = plan_steps(budget, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
                       steps_per_epoch=ckpt.steps_per_epoch)
     if opt.minutes is None:  # a cap (a budget, when both are given, replaces the cap)

@@ -140,7 +140,7 @@ def report(summary: dict, is_main: bool) -> None:
 
 
 def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks, monitor: Monitor, rank: int,
-                 t_start: float, out_dir: Path) -> int | None:
+                 t_start: float, out_dir: Path, min_fit: float | None = None) -> int | None:
     """The run's planned step count (None: ``epochs`` long), measuring a time budget when there is one; the
     plan goes into the config (so ``config.yaml`` reproduces it), the checkpoints and ``budget.json``."""
     batches = None
@@ -160,7 +160,8 @@ def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks
     state.schedules = Schedules.from_config(cfg.optimization, data.steps_per_epoch)  # for the throwaway steps
     timed = {"model": state.model, "optimizer": state.optimizer, "scaler": state.scaler}
     configured = total_steps_of(cfg.optimization, data.steps_per_epoch)
-    steps, plan = horizon(cfg, ckpt, run_step, lambda: monitor(0), timed, state.device, t_start)
+    steps, plan = horizon(cfg, ckpt, run_step, lambda: monitor(0), timed, state.device, t_start,
+                          min_fit)
     if steps is not None:
         cfg.optimization.total_steps = ckpt.info["total_steps"] = steps
         ckpt.info["config"] = cfg.to_dict()
@@ -179,8 +180,10 @@ def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks
     return steps
 
 
-def train(cfg: Config, out_dir: str | Path) -> dict:
-    """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns a summary dict."""
+def train(cfg: Config, out_dir: str | Path, *, min_fit: float | None = None) -> dict:
+    """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns a summary dict. ``min_fit``: a
+    new run whose time cap fits fewer than this share of its configured steps on this machine raises
+    :class:`~ijepa.errors.RecipeTooSlowError` at start-up, before it writes anything (the CPU default's ladder)."""
     t_start = time.perf_counter()  # a time budget counts from here
     device, dist, precision = setup_device(cfg)
     data = build_pipeline(cfg.data, dist, cfg.meta.seed, device)
@@ -198,7 +201,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     start_step, last_loss = ckpt.resume(cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device) or (0, math.nan)
     monitor = Monitor(model.target_encoder, data.monitor_batch(), data.knn_sets() if lg.online_knn else None,
                       device.type, state.bf16)
-    planned = plan_horizon(cfg, state, ckpt, data, masks, monitor, dist.rank, t_start, Path(out_dir))
+    planned = plan_horizon(cfg, state, ckpt, data, masks, monitor, dist.rank, t_start, Path(out_dir), min_fit)
     state.schedules = ckpt.schedules = schedules = Schedules.from_config(cfg.optimization, ipe, planned)
     total_steps = total_steps_of(cfg.optimization, ipe)
     images_per_step = cfg.data.batch_size * dist.world_size
