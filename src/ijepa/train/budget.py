@@ -146,7 +146,7 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
     setup_s = slowest(time.perf_counter() - t_start, device)
     if min_fit is not None and opt.minutes is None:
         full = total_steps_of(opt, ckpt.steps_per_epoch)
-        fit = int((budget * 60 - setup_s) / step_s)  # before the checks' time: a bound the plan only lowers
+        fit = max(0, int((budget * 60 - setup_s) / step_s))  # before the checks' time: a bound the plan only lowers
         if fit < min_fit * full:
             raise RecipeTooSlowError(f"at {step_s:.3f} s a step measured here, optimization.max_minutes="
                                      f"{budget:g} fits about {fit} of the {full} configured steps, under the "
