@@ -12,7 +12,7 @@ import yaml
 
 from .config import PRECISIONS, available_configs, describe, load_config
 from .errors import IJepaError
-from .ladder import choose_rung, describe_ladder, rungs_from
+from .ladder import LADDER, choose_rung, describe_ladder, rungs_from
 
 TRAIN_EPILOG = """\
 overrides:
@@ -60,7 +60,6 @@ def _train_cpu_default(out: str | None, overrides: list[str], train) -> dict:
     # rung's run instead of measuring again.
     from .errors import RecipeTooSlowError
     from .io import atomic_write_json
-    from .ladder import LADDER
 
     rung, why = choose_rung()
     settled = Path(out) / "rung.json" if out else None
