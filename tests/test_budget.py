@@ -82,8 +82,11 @@ def test_a_budgeted_run_resumes_exactly_and_its_step_count_reproduces_it(tmp_pat
 
 
 def test_a_budget_too_small_for_one_step_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="leaves no time for one training step"):
+    with pytest.raises(ConfigError, match="^optimization.minutes=0.001 leaves no time for one training step"):
         train(cfg_with("optimization.minutes=0.001"), tmp_path)
+    # a cap names its own key: the user set max_minutes, not minutes
+    with pytest.raises(ConfigError, match="^optimization.max_minutes=0.001 leaves no time for one training step"):
+        train(cfg_with("optimization.max_minutes=0.001"), tmp_path)
 
 
 def test_a_cap_the_epochs_fit_leaves_the_run_unchanged_bit_for_bit(tmp_path):

@@ -68,10 +68,10 @@ def slowest(seconds: float, device: torch.device) -> float:
 
 
 def plan_steps(minutes: float, *, step_seconds: float, check_seconds: float, setup_seconds: float,
-               steps_per_epoch: int) -> BudgetPlan:
+               steps_per_epoch: int, key: str = "optimization.minutes") -> BudgetPlan:
     """The most steps whose training plus the epoch-end checks fit ``minutes`` after ``setup_seconds``.
 
-    Raises :class:`ConfigError` when not one step fits."""
+    Raises :class:`ConfigError`, naming ``key`` (the setting the minutes came from), when not one step fits."""
     left = minutes * 60.0 * (1 - MARGIN) - setup_seconds - check_seconds  # the final check always runs
 
     def cost(n: int) -> float:  # n steps, and a check (and a checkpoint, cheap beside it) at each epoch end
@@ -82,7 +82,7 @@ def plan_steps(minutes: float, *, step_seconds: float, check_seconds: float, set
         steps += 1
     if steps < 1:
         need = (setup_seconds + step_seconds + check_seconds) / 60 / (1 - MARGIN)
-        raise ConfigError(f"optimization.minutes={minutes:g} leaves no time for one training step here "
+        raise ConfigError(f"{key}={minutes:g} leaves no time for one training step here "
                           f"(start-up {setup_seconds:.1f} s, one step {step_seconds:.2f} s, the final check "
                           f"{check_seconds:.1f} s): give at least {need:.2f} minutes")
     return BudgetPlan(minutes, steps, step_seconds, check_seconds, setup_seconds, steps_per_epoch)
@@ -157,7 +157,8 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
         check_s = slowest(time.perf_counter() - t0, device)
     setup_s = slowest(time.perf_counter() - t_start, device)  # again: the check ran since
     plan = plan_steps(budget, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
-                      steps_per_epoch=ckpt.steps_per_epoch)
+                      steps_per_epoch=ckpt.steps_per_epoch,
+                      key="optimization.minutes" if opt.minutes is not None else "optimization.max_minutes")
     if opt.minutes is None:  # a cap (a budget, when both are given, replaces the cap)
         full = total_steps_of(opt, ckpt.steps_per_epoch)  # total_steps is None here
         if plan.total_steps >= full:  # the run as configured fits: keep its own schedules, bit for bit
