@@ -1,13 +1,14 @@
 import pytest
 
-from ijepa.config import OptimizationConfig
+from ijepa.config import ConfigError, OptimizationConfig, load_config
 from ijepa.train.schedules import Schedules
 
 
-def make(epochs=10, ipe=100, warmup=2, ipe_scale=1.0):
+def make(epochs=10, ipe=100, warmup=2, ipe_scale=1.0, ema=(0.996, 1.0), ema_steps=None, total_steps=None):
     opt = OptimizationConfig(epochs=epochs, warmup=warmup, ipe_scale=ipe_scale, start_lr=2e-4, lr=1e-3,
-                             final_lr=1e-6, weight_decay=0.04, final_weight_decay=0.4, ema=(0.996, 1.0))
-    return Schedules.from_config(opt, ipe)
+                             final_lr=1e-6, weight_decay=0.04, final_weight_decay=0.4, ema=ema,
+                             ema_steps=ema_steps)
+    return Schedules.from_config(opt, ipe, total_steps)
 
 
 def test_lr_warmup_then_cosine():
@@ -39,3 +40,30 @@ def test_ipe_scale_stretches_the_schedules():
     s = make(ipe_scale=1.25)
     assert s.total_steps == 1250
     assert s.momentum_at(1000) == pytest.approx(0.996 + 0.004 * 0.8)
+
+
+def target_movement(s):
+    return sum(1.0 - s.momentum_at(t) for t in range(s.total_steps))
+
+
+def test_ema_steps_keeps_the_targets_total_movement_whatever_the_horizon():
+    tuned = make(epochs=3, ema=(0.998, 1.0))  # 300 steps: the horizon the EMA was tuned for
+    for total in (133, 468, 750):  # a short budget, a fast machine's whole epoch, a long budget
+        moved = make(epochs=3, ema=(0.998, 1.0), ema_steps=300, total_steps=total)
+        assert moved.momentum_at(0) == pytest.approx(1 - 0.002 * 300 / total)
+        assert moved.momentum_at(total) == 1.0
+        assert target_movement(moved) == pytest.approx(target_movement(tuned), rel=0.01)
+        # without ema_steps the target moves in proportion to the horizon
+        plain = make(epochs=3, ema=(0.998, 1.0), total_steps=total)
+        assert target_movement(plain) == pytest.approx(target_movement(tuned) * total / 300, rel=0.01)
+    # at the tuned horizon nothing changes, bit for bit; both ends move (a constant EMA keeps its movement too)
+    assert make(epochs=3, ema=(0.998, 1.0), ema_steps=300) == tuned
+    const = make(epochs=3, ema=(0.99, 0.99), ema_steps=300, total_steps=600)
+    assert (const.ema_start, const.ema_end) == (pytest.approx(0.995), pytest.approx(0.995))
+    # a horizon far shorter than the tuned one cannot make the momentum negative
+    assert make(epochs=3, ema=(0.9, 1.0), ema_steps=300, total_steps=10).ema_start == 0.0
+
+
+def test_ema_steps_must_be_a_positive_step_count():
+    with pytest.raises(ConfigError, match="optimization.ema_steps"):
+        load_config(None, ["optimization.ema_steps=0"])

@@ -207,6 +207,10 @@ class OptimizationConfig:
     weight_decay: float = _f(0.04, "initial weight decay (cosine schedule to final_weight_decay)")
     final_weight_decay: float = _f(0.4, "final weight decay")
     ema: tuple[float, float] = _f((0.996, 1.0), "target-encoder EMA momentum, linear from first to second")
+    ema_steps: int | None = _f(None, "the horizon, in steps, that ema was tuned for: a run whose schedules run "
+                                     "over T steps instead (a time budget or cap, total_steps, other epochs) "
+                                     "moves each end's 1 - momentum by ema_steps / T, so the target encoder "
+                                     "moves as far in all as at the tuned horizon. null: ema whatever the horizon")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
     clip_grad: float | None = _f(None, "clip the gradient norm to this value (null: no clipping)")
     max_steps: int | None = _f(None, "stop after this many steps in all (schedules keep their full length)")
@@ -226,7 +230,7 @@ class OptimizationConfig:
 
     def check(self) -> None:
         _positive("optimization", self, "epochs", "ipe_scale", "clip_grad", "max_steps", "total_steps", "minutes",
-                  "max_minutes")
+                  "max_minutes", "ema_steps")
         for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "warmup"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(self, key)}")

@@ -12,6 +12,16 @@ from dataclasses import dataclass
 from ..optim import warmup_cosine
 
 
+def ema_for_horizon(momentum: float, tuned_steps: int | None, total_steps: int) -> float:
+    """``momentum`` tuned for ``tuned_steps`` steps, moved for a run of ``total_steps``: the target's total
+    movement, the sum of 1 - momentum over the steps, stays what it was at the tuned horizon. A one-epoch recipe
+    run for two epochs with its EMA unchanged lets the target drift twice as far (optimization.ema_steps;
+    docs/cpu-recipe.md, "The horizon and the EMA")."""
+    if tuned_steps is None or tuned_steps == total_steps:
+        return momentum
+    return max(0.0, 1.0 - (1.0 - momentum) * tuned_steps / total_steps)
+
+
 @dataclass(frozen=True)
 class Schedules:
     total_steps: int          # ipe_scale × epochs × iterations per epoch: where the schedules end
@@ -35,9 +45,11 @@ class Schedules:
         else:
             total = int(opt.ipe_scale * total_steps)
             warmup = int(total_steps * min(opt.warmup / opt.epochs, 1.0))
-        return cls(total_steps=max(total, 1), warmup_steps=warmup,
+        total = max(total, 1)
+        ema_start, ema_end = (ema_for_horizon(m, opt.ema_steps, total) for m in opt.ema)
+        return cls(total_steps=total, warmup_steps=warmup,
                    start_lr=opt.start_lr, lr=opt.lr, final_lr=opt.final_lr, weight_decay=opt.weight_decay,
-                   final_weight_decay=opt.final_weight_decay, ema_start=opt.ema[0], ema_end=opt.ema[1])
+                   final_weight_decay=opt.final_weight_decay, ema_start=ema_start, ema_end=ema_end)
 
     def lr_at(self, step: int) -> float:
         """Linear warmup from start_lr to lr, then cosine to final_lr (never below it)."""
