@@ -129,7 +129,8 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
     (``optimization.max_minutes``) whose minutes fit fewer than that share of the configured steps at the measured
     step time raises :class:`RecipeTooSlowError` before the check is timed (a new run only)."""
     opt = cfg.optimization
-    budget = opt.minutes if opt.minutes is not None else opt.max_minutes
+    budget, key = ((opt.minutes, "optimization.minutes") if opt.minutes is not None
+                   else (opt.max_minutes, "optimization.max_minutes"))
     if ckpt.resumed_total_steps is not None:
         if opt.total_steps is not None and opt.total_steps != ckpt.resumed_total_steps:
             raise ConfigError(f"optimization.total_steps={opt.total_steps}, but the checkpoint being resumed was "
@@ -157,8 +158,7 @@ def horizon(cfg, ckpt, run_step: Callable[[int], None], check: Callable[[], None
         check_s = slowest(time.perf_counter() - t0, device)
     setup_s = slowest(time.perf_counter() - t_start, device)  # again: the check ran since
     plan = plan_steps(budget, step_seconds=step_s, check_seconds=check_s, setup_seconds=setup_s,
-                      steps_per_epoch=ckpt.steps_per_epoch,
-                      key="optimization.minutes" if opt.minutes is not None else "optimization.max_minutes")
+                      steps_per_epoch=ckpt.steps_per_epoch, key=key)
     if opt.minutes is None:  # a cap (a budget, when both are given, replaces the cap)
         full = total_steps_of(opt, ckpt.steps_per_epoch)  # total_steps is None here
         if plan.total_steps >= full:  # the run as configured fits: keep its own schedules, bit for bit
