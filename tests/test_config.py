@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ import yaml
 from ijepa.config import (
     ENCODER_NAMES,
     ENCODER_WIDTH_HEADS,
+    REFERENCE_KEYS,
+    REMOVED_KEYS,
     Config,
     ConfigError,
     available_configs,
@@ -14,6 +17,7 @@ from ijepa.config import (
     describe,
     load_config,
     parse_overrides,
+    translate_reference_keys,
 )
 from ijepa.models import VIT_SIZES
 
@@ -83,12 +87,62 @@ def test_reference_recipes_keep_the_reference_hyperparameters():
         assert (c.meta.model_name, c.mask.patch_size, c.data.crop_size, c.data.batch_size, c.optimization.epochs,
                 c.optimization.warmup, c.meta.pred_depth) == (model, patch, crop, bs, epochs, warmup, pred_depth)
         o = c.optimization
-        assert (o.start_lr, o.lr, o.final_lr, o.weight_decay, o.final_weight_decay, o.ema, o.ipe_scale) == (
-            2e-4, 1e-3, 1e-6, 0.04, 0.4, (0.996, 1.0), 1.0)
+        assert (o.start_lr, o.lr, o.final_lr, o.weight_decay, o.final_weight_decay, o.ema) == (
+            2e-4, 1e-3, 1e-6, 0.04, 0.4, (0.996, 1.0))
         m = c.mask
         assert (m.num_enc_masks, m.num_pred_masks, m.enc_mask_scale, m.pred_mask_scale, m.aspect_ratio,
                 m.min_keep, m.allow_overlap) == (1, 4, (0.85, 1.0), (0.15, 0.2), (0.75, 1.5), 10, False)
         assert c.meta.pred_emb_dim == 384 and c.data.crop_scale == (0.3, 1.0)
+
+
+def test_a_reference_file_loads_with_its_keys_translated(tmp_path):
+    # the reference's in1k_vith14_ep300.yaml as it ships there: without our data.dataset and mask.mode
+    data = yaml.safe_load((config_dir() / "in1k_vith14_ep300.yaml").read_text())
+    assert {"copy_data", "use_bfloat16"} <= set(data["meta"]) and "ipe_scale" in data["optimization"]
+    del data["data"]["dataset"], data["mask"]["mode"]
+    data["meta"]["use_bfloat16"] = False
+    p = tmp_path / "in1k_vith14_ep300.yaml"
+    p.write_text(yaml.safe_dump(data))
+    assert load_config(str(p)).meta.precision == "fp32"
+    assert load_config(str(p), ["meta.use_bfloat16=true"]).meta.precision == "auto"
+    assert load_config("in1k_vith14_ep300").meta.precision == "auto"  # the shipped copy says true
+    names = {f"{s.name}.{f.name}" for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)}
+    assert not names & set(REFERENCE_KEYS), "a translated key is also a field"
+    assert translate_reference_keys(data) is not data and data["meta"]["use_bfloat16"] is False  # input untouched
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["meta.use_bfloat16=false", "meta.precision=bf16"],
+     "meta.use_bfloat16=false means meta.precision=fp32, which contradicts meta.precision=bf16: drop one"),
+    (["meta.use_bfloat16=false", "meta.precision=auto"],
+     "meta.use_bfloat16=false means meta.precision=fp32, which contradicts meta.precision=auto: drop one"),
+    (["optimization.ipe_scale=1.25"], "optimization.ipe_scale=1.25: schedules longer than the run are not "
+                                      "supported; optimization.max_steps stops a run early"),
+])
+def test_reference_keys_that_contradict_ours_fail_naming_both(overrides, message):
+    with pytest.raises(ConfigError, match="^fmnist_cpu.yaml: " + re.escape(message)) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_reference_keys_that_agree_with_ours_translate():
+    assert load_config(None, ["meta.use_bfloat16=false"]).meta.precision == "fp32"
+    assert load_config(None, ["meta.use_bfloat16=false", "meta.precision=fp32"]).meta.precision == "fp32"
+    assert load_config(None, ["meta.use_bfloat16=true", "meta.precision=fp16"]).meta.precision == "fp16"
+    assert load_config(None, ["meta.copy_data=true", "optimization.ipe_scale=1"]) == load_config()
+
+
+@pytest.mark.parametrize("key", list(REMOVED_KEYS))
+def test_a_removed_key_fails_in_one_line_saying_why(key):
+    with pytest.raises(ConfigError, match=f"^fmnist_cpu.yaml: {re.escape(key)} was removed: ") as e:
+        load_config(None, [f"{key}=1"])
+    assert "\n" not in str(e.value) and len(str(e.value)) > len(f"fmnist_cpu.yaml: {key} was removed: ") + 20
+
+
+def test_the_cpu_rungs_set_a_time_limit_and_their_precision():
+    for name, precision in (("fmnist_cpu", "auto"), ("fmnist_cpu_fp32", "fp32")):
+        cfg = load_config(name)
+        assert 0 < cfg.optimization.minutes <= 10 and cfg.meta.precision == precision
 
 
 def test_every_key_is_documented():

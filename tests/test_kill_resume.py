@@ -24,7 +24,7 @@ from ijepa.train.checkpoint import load_checkpoint
 
 STEPS_PER_EPOCH, EPOCHS = 20, 2
 ARGS = [f"data.limit={8 * STEPS_PER_EPOCH}", "data.batch_size=8", "data.crop_size=28", "meta.model_name=vit_tiny",
-        "meta.enc_depth=1", "meta.pred_depth=1", "meta.pred_emb_dim=48", "meta.use_bfloat16=false",
+        "meta.enc_depth=1", "meta.pred_depth=1", "meta.pred_emb_dim=48", "meta.precision=fp32",
         "meta.threads=1", "meta.drop_path=0.1", f"optimization.epochs={EPOCHS}", "optimization.warmup=0.5",
         "logging.progress=false", "logging.log_freq=5", "logging.checkpoint_every_steps=3",
         "logging.checkpoint_freq=1", "logging.monitor_freq=10", "logging.online_knn=false"]

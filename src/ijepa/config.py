@@ -1,24 +1,25 @@
 """Pretraining configuration: YAML files validated into dataclasses before anything starts.
 
 Section and key names are the reference's (``meta``, ``data``, ``mask``, ``optimization``, ``logging``), so its
-recipe files load unchanged; keys it does not have are ours and are documented the same way. Every problem — an
-unknown key, a wrong type, an impossible value — is one :class:`ConfigError` naming the key, raised at load time.
-This module imports no torch, so configs can be checked and documented without the training stack.
+recipe files load: the few of its keys that are not ours are translated once, as a file is read
+(:func:`translate_reference_keys`), and keys it does not have are ours and are documented the same way. Every
+problem — an unknown key, a wrong type, an impossible value — is one :class:`ConfigError` naming the key, raised at
+load time. This module imports no torch, so configs can be checked and documented without the training stack
+(the typed-field machinery is :mod:`ijepa.config_fields`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
+from .config_fields import _build, _coerce, _f, _in_range, _plain, _positive, _range_pair, describe_sections
 from .errors import ConfigError
 from .io import atomic_write_text
 from .mask_geometry import geometry_problem
@@ -32,19 +33,25 @@ DEFAULT_CONFIG = "fmnist_cpu"
 # The precision policy's choices (ijepa.precision resolves them; kept here so configs and the CLI stay torch-free)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
+# The reference's keys that are not ours, and what each becomes as a file is read (translate_reference_keys)
+REFERENCE_KEYS = {
+    "meta.use_bfloat16": "false: `meta.precision: fp32` (beside another meta.precision it is an error); true: "
+                         "nothing, meta.precision decides",
+    "meta.copy_data": "dropped: it had no effect",
+    "optimization.ipe_scale": "1.0: dropped; another value is an error: schedules longer than the run are not "
+                              "supported (optimization.max_steps stops a run early with the schedules of its full "
+                              "length)",
+}
+
 # Keys that existed and were taken out: naming one fails at start-up with why (docs/cpu-recipe.md has the runs).
 REMOVED_KEYS = {
     "loss.target_batch_norm": "batch-centred or standardised targets (recipe rows tc, ts) scored below the paper's "
                               "layer-normed targets, which the loss always uses now",
     "meta.cpu_chunk_tokens": "slicing the batch on the CPU gained the training step nothing (0.98x); training runs "
                              "each batch whole (feature extraction still slices, models/vit.py)",
+    "optimization.max_minutes": "optimization.minutes is the time limit now: a run keeps its configured length "
+                                "where that fits, and otherwise trains the steps that fit",
 }
-
-
-def _f(default: Any, help: str, **kw) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -69,11 +76,8 @@ class MetaConfig:
                 "or AMX), fp16 autocast with a gradient scaler on CUDA GPUs without bf16 (T4, V100, P100), fp32 "
                 "elsewhere; bf16 / fp16 / fp32 force one (a dtype the device would emulate warns, with the "
                 "measured matmul throughput). ijepa/precision.py")
-    use_bfloat16: bool = _f(True, "the reference's switch, kept as an alias: false means meta.precision=fp32 when "
-                                  "meta.precision is auto; true leaves meta.precision to decide")
     load_checkpoint: bool = _f(True, "resume from the run folder's latest checkpoint when one exists")
     read_checkpoint: str | None = _f(None, "resume from this checkpoint file instead of the run folder's latest")
-    copy_data: bool = _f(False, "accepted for compatibility with the reference's configs; has no effect")
     seed: int = _f(0, "random seed (weights, data order, masks; each rank derives its own)")
     compile: bool = _f(False, "torch.compile the encoders and predictor")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
@@ -81,12 +85,6 @@ class MetaConfig:
     threads: int | None = _f(None, "CPU threads for torch (null: torch's default)")
     flush_denormal: bool = _f(True, "CPU: flush denormal floats to zero (FTZ/DAZ); without it fp32 steps slow down "
                                     "as training goes on (docs/performance.md, benchmarks/denormals.py)")
-
-    @property
-    def precision_request(self) -> str:
-        """What to ask the precision policy for: ``precision``, with the reference's ``use_bfloat16=false``
-        meaning fp32."""
-        return "fp32" if not self.use_bfloat16 and self.precision == "auto" else self.precision
 
     def check(self) -> None:
         if self.model_name not in ENCODER_NAMES:
@@ -104,8 +102,6 @@ class MetaConfig:
         if self.pred_emb_dim % pred_heads:
             raise ConfigError(f"meta.pred_emb_dim: width {self.pred_emb_dim} does not divide into {pred_heads} heads "
                               "(set meta.pred_num_heads)")
-        if not self.use_bfloat16 and self.precision == "bf16":
-            raise ConfigError("meta.use_bfloat16=false contradicts meta.precision=bf16: drop one")
         if self.device != "auto" and not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"meta.device: '{self.device}' is not auto, cpu, cuda or cuda:N")
 
@@ -198,47 +194,49 @@ class MaskConfig:
 
 @dataclass
 class OptimizationConfig:
-    epochs: int = _f(300, "training epochs")
-    ipe_scale: float = _f(1.0, "schedules (lr, wd, EMA) run over ipe_scale × the run's steps")
-    warmup: float = _f(40, "linear lr warmup, in epochs")
+    # How long a run is: `epochs` (or `total_steps`), optionally limited by `minutes` (train/horizon.py). The
+    # schedules (lr, weight decay, EMA) are functions of the run's progress from 0 to 1 (train/schedules.py).
+    epochs: int = _f(300, "training epochs: the run's length, and the schedules' horizon")
+    total_steps: int | None = _f(None, "the run's length in steps instead of epochs (null: epochs x steps per "
+                                       "epoch); the lr warm-up takes warmup / epochs of it")
+    minutes: float | None = _f(None, "a time limit (ijepa train --minutes M): the run keeps its length where it fits "
+                                     "M minutes of wall time here, and otherwise trains as many steps as fit. It "
+                                     "measures its steps as it goes and re-plans the steps left at regular points, "
+                                     "so a slow start or a busy neighbour moves the last step, not the end time; "
+                                     "every schedule is annealed to the last step. The plan is logged to "
+                                     "horizon.json and kept in the checkpoint (a resume continues it)")
+    replay: str | None = _f(None, "a horizon.json written by an earlier timed run: follow its recorded plan "
+                                  "(the same re-plans at the same steps) instead of timing, which reproduces that "
+                                  "run bit for bit on any machine")
+    max_steps: int | None = _f(None, "stop after this many steps in all, the schedules keeping the run's full "
+                                     "length (to split a run in parts, or a quick look)")
+    warmup: float = _f(40, "linear lr warm-up, in epochs (a share warmup / epochs of the run)")
     start_lr: float = _f(2e-4, "lr at step 0")
     lr: float = _f(1e-3, "peak lr, reached after warmup")
     final_lr: float = _f(1e-6, "lr at the end of the cosine decay")
     weight_decay: float = _f(0.04, "initial weight decay (cosine schedule to final_weight_decay)")
     final_weight_decay: float = _f(0.4, "final weight decay")
     ema: tuple[float, float] = _f((0.996, 1.0), "target-encoder EMA momentum, linear from first to second")
-    ema_steps: int | None = _f(None, "the horizon, in steps, that ema was tuned for: a run whose schedules run "
-                                     "over T steps instead (a time budget or cap, total_steps, other epochs) "
-                                     "moves each end's 1 - momentum by ema_steps / T, so the target encoder "
-                                     "moves as far in all as at the tuned horizon. null: ema whatever the horizon")
+    ema_steps: int | None = _f(None, "the run length, in steps, that ema was tuned for: a run of T steps instead "
+                                     "moves each end's 1 - momentum by ema_steps / T, so the target encoder moves "
+                                     "as far in all as at the tuned length. null: ema whatever the length")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
     clip_grad: float | None = _f(None, "clip the gradient norm to this value (null: no clipping)")
-    max_steps: int | None = _f(None, "stop after this many steps in all (schedules keep their full length)")
-    total_steps: int | None = _f(None, "the run's length in steps, and the schedules' horizon (lr warm-up taking "
-                                       "warmup / epochs of it): null = epochs x steps per epoch. Set by "
-                                       "optimization.minutes, recorded in config.yaml and the checkpoint")
-    minutes: float | None = _f(None, "a time budget (ijepa train --minutes M): the run times a few throwaway steps, "
-                                     "then fixes total_steps so that training, the epoch-end checks and "
-                                     "checkpoints end within M minutes of wall time, every schedule annealed over "
-                                     "that horizon (train/budget.py; budget.json in the run folder). Resuming "
-                                     "keeps the recorded step count; DDP ranks agree on the slowest's")
-    max_minutes: float | None = _f(None, "a time cap (ijepa train --max-minutes M): the run keeps its epochs when "
-                                         "they fit M minutes here, and otherwise, as optimization.minutes does, "
-                                         "trains as many steps as fit with every schedule annealed over them. The "
-                                         "CPU default's rungs set one so the quick start ends in time on slow "
-                                         "machines and is unchanged on fast ones; a budget (minutes) replaces it")
 
     def check(self) -> None:
-        _positive("optimization", self, "epochs", "ipe_scale", "clip_grad", "max_steps", "total_steps", "minutes",
-                  "max_minutes", "ema_steps")
+        _positive("optimization", self, "epochs", "clip_grad", "max_steps", "total_steps", "ema_steps")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise ConfigError(f"optimization.minutes must be a positive number of minutes, got {self.minutes}")
+        if self.minutes is not None and self.replay is not None:
+            raise ConfigError("optimization.replay follows a recorded plan, optimization.minutes makes a new one: "
+                              "give one of them")
         for key in ("start_lr", "lr", "final_lr", "weight_decay", "final_weight_decay", "warmup"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"optimization.{key} must be >= 0, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"optimization.lr must be > 0, got {self.lr}")
-        if self.total_steps is None and self.minutes is None and self.warmup > self.epochs * self.ipe_scale:
-            raise ConfigError(f"optimization.warmup ({self.warmup}) is longer than the run "
-                              f"({self.epochs} epochs × ipe_scale {self.ipe_scale})")
+        if self.warmup > self.epochs:
+            raise ConfigError(f"optimization.warmup ({self.warmup}) is longer than the run ({self.epochs} epochs)")
         _range_pair("optimization.ema", self.ema, 0.0, 1.0)
         for b in self.betas:
             _in_range("optimization.betas", b, 0.0, 1.0, hi_open=True)
@@ -314,116 +312,6 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
 
-# ----------------------------------------------------------------------------------------------- validation
-
-
-def _positive(section: str, obj: Any, *keys: str) -> None:
-    for key in keys:
-        v = getattr(obj, key)
-        if v is not None and v <= 0:
-            raise ConfigError(f"{section}.{key} must be > 0, got {v}")
-
-
-def _in_range(key: str, v: float, lo: float, hi: float, hi_open: bool = False) -> None:
-    if v < lo or v > hi or (hi_open and v == hi):
-        raise ConfigError(f"{key}: {v} is outside [{lo}, {hi}{')' if hi_open else ']'}")
-
-
-def _range_pair(key: str, pair: tuple[float, float], lo: float, hi: float, lo_open: bool = False) -> None:
-    a, b = pair
-    if not (lo <= a <= b <= hi) or not math.isfinite(b) or (a == 0 and lo == 0 and b == 0) or (lo_open and a == lo):
-        raise ConfigError(f"{key}: expected [min, max] with {lo} {'<' if lo_open else '<='} min <= max "
-                          f"{'<' if math.isinf(hi) else '<='} {hi}, got {list(pair)}")
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp`` (the few shapes this module uses) and normalise it."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(key, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(map(str, choices))}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(key, v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({list(value)})")
-        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 5e-4 as a string: accept what float() accepts
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp} for {key}")
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if name in REMOVED_KEYS:
-            raise ConfigError(f"{name} was removed: {REMOVED_KEYS[name]}")
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown key '{name}'{hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, name)
-        else:
-            kwargs[key] = _coerce(name, value, tp)
-    return cls(**kwargs)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 # -------------------------------------------------------------------------------------------------- loading
 
 
@@ -479,8 +367,32 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
+def translate_reference_keys(data: dict) -> dict:
+    """``data`` (a config's sections, as read) with the reference's keys that are not ours rewritten as
+    :data:`REFERENCE_KEYS` says; ``data`` itself is left as it was."""
+    data = {name: dict(keys) if isinstance(keys, dict) else keys for name, keys in data.items()}
+    meta, opt = data.get("meta"), data.get("optimization")
+    if isinstance(meta, dict):
+        meta.pop("copy_data", None)
+        if "use_bfloat16" in meta:
+            bf16 = meta.pop("use_bfloat16")
+            if not isinstance(bf16, bool):
+                raise ConfigError(f"meta.use_bfloat16: expected true or false, got {bf16!r}")
+            if not bf16:
+                if meta.get("precision", "fp32") != "fp32":
+                    raise ConfigError(f"meta.use_bfloat16=false means meta.precision=fp32, which contradicts "
+                                      f"meta.precision={meta['precision']}: drop one")
+                meta["precision"] = "fp32"
+    if isinstance(opt, dict) and "ipe_scale" in opt:
+        scale = opt.pop("ipe_scale")
+        if scale != 1:
+            raise ConfigError(f"optimization.ipe_scale={scale}: schedules longer than the run are not supported; "
+                              "optimization.max_steps stops a run early with the schedules of its full length")
+    return data
+
+
 def config_from_dict(data: dict) -> Config:
-    cfg = _build(Config, data, "")
+    cfg = _build(Config, translate_reference_keys(data), "", REMOVED_KEYS)
     cfg.check()
     return cfg
 
@@ -506,13 +418,13 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def describe() -> str:
-    """Every key with its default and meaning, as Markdown (``ijepa config --keys``, docs/configuration.md)."""
-    lines = []
-    for sec in dataclasses.fields(Config):
-        lines += [f"### `{sec.name}`", "", "| key | default | meaning |", "|---|---|---|"]
-        for f in dataclasses.fields(sec.default_factory):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            shown = yaml.safe_dump(_plain(default), default_flow_style=True).strip().removesuffix("...").strip()
-            lines.append(f"| `{sec.name}.{f.name}` | `{shown}` | {f.metadata.get('help', '')} |")
-        lines.append("")
-    return "\n".join(lines)
+    """Every key with its default and meaning, then the reference's keys that are translated and the keys that were
+    removed, as Markdown (``ijepa config --keys``, docs/configuration.md)."""
+    lines = describe_sections(Config)
+    lines += ["### The reference's keys", "", "The reference's (facebookresearch/ijepa) recipe files load: "
+              "these keys of theirs are translated into ours as a file is read.", "", "| key | becomes |", "|---|---|"]
+    lines += [f"| `{key}` | {becomes} |" for key, becomes in REFERENCE_KEYS.items()]
+    lines += ["", "### Removed keys", "", "Naming one stops `ijepa train` with the reason.", "",
+              "| key | why |", "|---|---|"]
+    lines += [f"| `{key}` | {why} |" for key, why in REMOVED_KEYS.items()]
+    return "\n".join(lines + [""])
