@@ -3,7 +3,9 @@ import torch
 
 from ijepa.config import load_config
 from ijepa.errors import CheckpointError, CheckpointNotFoundError
-from ijepa.train.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
+from ijepa.precision import Precision
+from ijepa.train.checkpoint import Checkpointer, load_checkpoint, read_resume, save_checkpoint
+from ijepa.train.horizon import Horizon
 from ijepa.train.ijepa import IJEPA
 from ijepa.train.schedules import Schedules
 
@@ -17,9 +19,16 @@ def make(out, *extra):
     torch.manual_seed(0)
     model = IJEPA.from_config(cfg, SPEC)
     opt = model.configure_optimizer(cfg.optimization, "cpu")
-    sched = Schedules.from_config(cfg.optimization, 10)
+    sched = Schedules.from_config(cfg.optimization, 10, Horizon(20))
     info = {"batch_size": 8, "world_size": 1, "input_spec": SPEC, "config": cfg.to_dict()}
-    return Checkpointer(out, "jepa", model, opt, sched, steps_per_epoch=10, is_main=True, info=info)
+    scaler = Precision("fp32", "cpu").grad_scaler()
+    return Checkpointer(out, "jepa", model, opt, scaler, sched, steps_per_epoch=10, is_main=True, info=info)
+
+
+def resume(ck, read_checkpoint=None, load_latest=True):
+    """What a run does at start-up: find the checkpoint to resume (or None), then load it into the run."""
+    found = read_resume(ck.out, ck.tag, read_checkpoint, load_latest)
+    return None if found is None else ck.restore(*found)
 
 
 def test_save_writes_the_reference_keys_and_skips_a_step_already_saved(tmp_path):
@@ -46,7 +55,7 @@ def test_resume_restores_models_optimizer_and_rng_exactly(tmp_path):
     ck.save(7, 0.5)
     expected_draw = torch.rand(3)
     fresh = make(tmp_path)
-    assert fresh.resume(None, load_latest=True) == (7, 0.5)
+    assert resume(fresh) == (7, 0.5)
     assert torch.equal(torch.rand(3), expected_draw)  # the global stream continues where the save left it
     for a, b in zip(ck.model.state_dict().values(), fresh.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -56,17 +65,17 @@ def test_resume_restores_models_optimizer_and_rng_exactly(tmp_path):
 
 
 def test_resume_starts_fresh_only_when_there_is_nothing_to_resume(tmp_path):
-    assert make(tmp_path).resume(None, load_latest=True) is None
+    assert resume(make(tmp_path)) is None
     save_checkpoint({"encoder": {}}, tmp_path / "jepa-latest.pth.tar")
-    assert make(tmp_path).resume(None, load_latest=False) is None  # meta.load_checkpoint=false
+    assert resume(make(tmp_path), load_latest=False) is None  # meta.load_checkpoint=false
     with pytest.raises(CheckpointError, match="lacks predictor, target_encoder, opt, step: not a resumable"):
-        make(tmp_path).resume(None, load_latest=True)
+        resume(make(tmp_path))
     with pytest.raises(CheckpointNotFoundError, match="elsewhere.pth.tar"):
-        make(tmp_path).resume(str(tmp_path / "elsewhere.pth.tar"), load_latest=True)
+        resume(make(tmp_path), str(tmp_path / "elsewhere.pth.tar"))
 
 
 def test_a_checkpoint_of_other_models_names_the_mismatch(tmp_path):
     make(tmp_path / "a").save(3, 1.0)
     deeper = make(tmp_path / "b", "meta.enc_depth=2")
     with pytest.raises(CheckpointError, match="does not match this config's models"):
-        deeper.resume(str(tmp_path / "a" / "jepa-latest.pth.tar"), load_latest=True)
+        resume(deeper, str(tmp_path / "a" / "jepa-latest.pth.tar"))

@@ -204,3 +204,18 @@ def test_training_flushes_denormals_on_the_cpu_as_configured():
         assert _denormal_survives()
     finally:
         torch.set_flush_denormal(False)  # torch's default, for the tests that follow
+
+
+def test_fp16_pretraining_scales_the_loss_and_resumes_its_scaler(tmp_path):
+    from conftest import cfg_with
+
+    from ijepa.train.checkpoint import load_checkpoint
+    from ijepa.train.loop import train
+
+    cfg = cfg_with("meta.precision=fp16", "optimization.max_steps=3", "logging.online_knn=false")
+    with pytest.warns(RuntimeWarning, match="fp16 was asked for"):  # a CPU has no native fp16 units
+        summary = train(cfg, tmp_path)
+    assert summary["precision"].startswith("fp16") and summary["steps"] == 3
+    ckpt = load_checkpoint(tmp_path / "jepa-latest.pth.tar")
+    assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0
+    assert all(torch.isfinite(v).all() for v in ckpt["encoder"].values())

@@ -4,8 +4,8 @@ Layout (a dict, ``torch.save``d): the reference's keys ``encoder``, ``predictor`
 ``scaler``, ``epoch``, ``loss``, ``batch_size``, ``world_size``, ``lr`` — so tools written for its files read ours —
 and ours: ``format`` ("ijepa"), ``version``, ``step`` (global), ``batch_in_epoch`` (sampler position), ``rng``
 (global CPU/CUDA generator states, for stochastic depth), ``arch`` (what rebuilds the models), ``input_spec``,
-``config`` (the resolved run config), ``total_steps`` (the step count a time-budgeted run was planned with, so
-that its resume keeps the same schedules; None otherwise). ``scaler`` holds fp16's loss-scaler state.
+``config`` (the resolved run config), ``horizon`` (the run's length and, for a timed run, its plan so far: a resume
+continues it; ``horizon.py``). ``scaler`` holds fp16's loss-scaler state.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from .. import __version__
 from ..errors import CheckpointError, CheckpointReadError
 from ..io import read_torch, save_torch
 from . import distributed as D
+from .horizon import Horizon
 from .ijepa import IJEPA
 from .schedules import Schedules
 
-__all__ = ["CheckpointError", "Checkpointer", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["Checkpointer", "load_checkpoint", "read_resume", "rng_state", "save_checkpoint", "set_rng_state"]
 
 RESUME_KEYS = ("encoder", "predictor", "target_encoder", "opt", "step")
 
@@ -56,31 +57,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
-    """Saves and resumes one run's model and optimizer: ``<tag>-latest.pth.tar`` (and ``<tag>-epN.pth.tar``
-    copies) in ``out``. Every rank calls :meth:`save` (rank 0 writes, all wait); a step already saved is not
-    written again. ``info`` holds the run's constant keys (``batch_size``, ``world_size``, ``input_spec``,
-    ``config``)."""
+    """Saves and restores one run's training state: ``<tag>-latest.pth.tar`` (and ``<tag>-epN.pth.tar`` copies)
+    in ``out``. Every rank calls :meth:`save` (rank 0 writes, all wait); a step already saved is not written
+    again. ``info`` holds the run's constant keys (``batch_size``, ``world_size``, ``input_spec``, ``config``)."""
 
-    def __init__(self, out: Path, tag: str, model: IJEPA, optimizer: torch.optim.Optimizer, schedules: Schedules,
-                 *, steps_per_epoch: int, is_main: bool, info: dict[str, Any]):
-        self.out, self.tag, self.model, self.optimizer, self.schedules = Path(out), tag, model, optimizer, schedules
+    def __init__(self, out: Path, tag: str, model: IJEPA, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, schedules: Schedules, *, steps_per_epoch: int, is_main: bool,
+                 info: dict[str, Any]):
+        self.out, self.tag, self.model, self.optimizer = Path(out), tag, model, optimizer
+        self.scaler, self.schedules = scaler, schedules
         self.steps_per_epoch, self.is_main, self.info = steps_per_epoch, is_main, info
         self.latest = self.out / f"{tag}-latest.pth.tar"
         self.last_saved = -1
-        self.scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler, saved and restored with the rest
-        self.resumed_total_steps: int | None = None  # the step count a resumed run was planned with
-        self.resumed_step = 0
+
+    @property
+    def horizon(self) -> Horizon:
+        return self.schedules.horizon
 
     def state(self, step: int, loss: float) -> dict[str, Any]:
         m, ipe = self.model, self.steps_per_epoch
         return {"encoder": m.encoder.state_dict(), "predictor": m.predictor.state_dict(),
                 "target_encoder": m.target_encoder.state_dict(), "opt": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None and self.scaler.is_enabled() else None,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "epoch": step // ipe, "loss": loss, "batch_size": self.info["batch_size"],
                 "world_size": self.info["world_size"], "lr": self.schedules.lr_at(step), "format": "ijepa",
                 "version": __version__, "step": step, "batch_in_epoch": step % ipe, "rng": rng_state(),
                 "input_spec": self.info["input_spec"], "arch": m.arch_dict(), "config": self.info["config"],
-                "total_steps": self.info.get("total_steps")}
+                "horizon": self.horizon.state_dict()}
 
     def save(self, step: int, loss: float, keep_epoch: int | None = None) -> None:
         if step == self.last_saved:
@@ -94,18 +97,8 @@ class Checkpointer:
             save_checkpoint(state, self.latest)
         D.barrier()
 
-    def resume(self, read_checkpoint: str | None, load_latest: bool,
-               map_location: str | torch.device = "cpu") -> tuple[int, float] | None:
-        """Load ``read_checkpoint`` (a file), else the run's latest when ``load_latest`` and it exists; returns
-        (step, loss) or None for a fresh start. A checkpoint that exists but cannot be used is an error, never a
-        silent fresh start."""
-        path = Path(read_checkpoint) if read_checkpoint else self.latest
-        if not (read_checkpoint or (load_latest and path.exists())):
-            return None
-        ckpt = load_checkpoint(path, map_location=map_location)
-        missing = [k for k in RESUME_KEYS if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a resumable ijepa checkpoint")
+    def restore(self, path: Path, ckpt: dict[str, Any]) -> tuple[int, float]:
+        """Load a checkpoint read by :func:`read_resume` into the run; returns (step, loss)."""
         try:
             self.model.encoder.load_state_dict(ckpt["encoder"])
             self.model.predictor.load_state_dict(ckpt["predictor"])
@@ -115,12 +108,25 @@ class Checkpointer:
             raise CheckpointError(f"{path} does not match this config's models: {e}") from None
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
-        if ckpt.get("scaler") and self.scaler is not None and self.scaler.is_enabled():
+        if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.resumed_total_steps = ckpt.get("total_steps")
-        self.resumed_step = int(ckpt["step"])
         step = int(ckpt["step"])
         if self.is_main:
             print(f"resumed from {path} at step {step} (epoch {step // self.steps_per_epoch})", flush=True)
         self.last_saved = step if path == self.latest else -1  # the latest already holds this very state
         return step, float(ckpt.get("loss", float("nan")))
+
+
+def read_resume(out: Path, tag: str, read_checkpoint: str | None, load_latest: bool,
+                map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a run resumes from: ``read_checkpoint`` (a file), else the run folder's latest when
+    ``load_latest`` and it exists; None for a fresh start. A checkpoint that exists but cannot be used is an
+    error, never a silent fresh start."""
+    path = Path(read_checkpoint) if read_checkpoint else Path(out) / f"{tag}-latest.pth.tar"
+    if not (read_checkpoint or (load_latest and path.exists())):
+        return None
+    ckpt = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a resumable ijepa checkpoint")
+    return path, ckpt

@@ -71,3 +71,13 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def slowest(seconds: float, device: torch.device) -> float:
+    """The largest ``seconds`` over all ranks (itself when not distributed): ranks that plan from their own
+    timings agree on the slowest's."""
+    if not dist.is_initialized():
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())

@@ -1,16 +1,18 @@
-"""I-JEPA pretraining: one optimisation step (``train_step``) and the loop around it (``train``).
+"""I-JEPA pretraining: one optimisation step (``train_step``) and the run around it (``train``).
 
-The pieces live beside this file: the model and its loss in ``ijepa.py`` (:class:`IJEPA`), checkpoints in
-``checkpoint.py`` (:class:`Checkpointer`), the logs in ``runlog.py`` (:class:`RunLog`), the collapse checks in
-``monitor.py``, the schedules in ``schedules.py``; ``train`` puts them in order.
+``build_run`` makes the run's parts once, top to bottom, each complete when made: device and process group ->
+data -> model -> optimizer -> scaler -> horizon and schedules -> checkpointer (and the state a resumed run
+continues from). ``train`` then runs the loop. The parts live beside this file: the model and its loss in
+``ijepa.py`` and ``losses.py``, the run's length in ``horizon.py``, the schedules in ``schedules.py``, checkpoints
+in ``checkpoint.py``, the logs in ``runlog.py``, the collapse checks in ``monitor.py``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,44 +23,36 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..config import Config
 from ..data.decode import SkipTally
 from ..device import flush_denormals, resolve_device
-from ..errors import NonFiniteLossError
 from ..io import atomic_write_json
 from ..masks import MultiBlockMaskSampler
 from ..optim import set_lr
 from ..precision import Precision, backward_step, resolve_precision
 from ..seeding import generator_for
 from . import distributed as D
-from .budget import horizon, total_steps_of
-from .checkpoint import Checkpointer
-from .ijepa import IJEPA, sigreg, vicreg_terms
+from .checkpoint import Checkpointer, read_resume
+from .horizon import Horizon, TimedHorizon, build_horizon
+from .ijepa import IJEPA
 from .inputs import build_pipeline
+from .losses import describe_loss
 from .monitor import Monitor
 from .runlog import RunLog, step_row
 from .schedules import Schedules
 
-__all__ = ["IJEPA", "NonFiniteLossError", "TrainState", "sigreg", "train", "train_step", "vicreg_terms"]
+__all__ = ["Run", "TrainState", "build_run", "train", "train_step"]
 
 
 @dataclass
 class TrainState:
+    """What one step needs: the model, what computes its loss (DDP(model) when distributed, else the model),
+    the optimizer, fp16's loss scaler (a disabled one otherwise), the schedules and the precision."""
+
     model: IJEPA
+    forward: nn.Module
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
     schedules: Schedules
-    device: torch.device
-    precision: Precision | bool  # the policy's choice (a bool means bf16 or fp32, as older callers pass it)
+    precision: Precision
     clip_grad: float | None = None
-    forward: nn.Module | None = None  # what computes the loss: DDP(model) when distributed, else the model
-    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (a disabled one otherwise)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.precision, bool):
-            self.precision = Precision("bf16" if self.precision else "fp32", self.device.type)
-        if self.scaler is None:
-            self.scaler = self.precision.grad_scaler()
-
-    @property
-    def bf16(self) -> bool:
-        return self.precision.name == "bf16"
 
 
 def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor],
@@ -68,7 +62,7 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
     the plain step, bit for bit."""
     set_lr(s.optimizer, s.schedules.lr_at(step), s.schedules.wd_at(step))
     with s.precision.autocast():
-        loss = (s.forward or s.model)(images, masks_enc, masks_pred)
+        loss = s.forward(images, masks_enc, masks_pred)
     s.optimizer.zero_grad(set_to_none=True)
     backward_step(loss, s.optimizer, s.scaler, clip_grad=s.clip_grad)
     s.model.update_target(s.schedules.momentum_at(step))
@@ -100,7 +94,7 @@ class Preemption:
             signal.signal(sig, old)
 
 
-# ------------------------------------------------------------------------------------------------ the setup
+# ------------------------------------------------------------------------------------------------ the build
 
 
 def setup_device(cfg: Config) -> tuple[torch.device, D.DistInfo, Precision]:
@@ -117,7 +111,7 @@ def setup_device(cfg: Config) -> tuple[torch.device, D.DistInfo, Precision]:
     if device.type == "cpu":
         flush_denormals(cfg.meta.flush_denormal)
     torch.manual_seed(cfg.meta.seed)  # identical initial weights on every rank
-    return device, dist, resolve_precision(cfg.meta.precision_request, device)
+    return device, dist, resolve_precision(cfg.meta.precision, device)
 
 
 def distribute(model: IJEPA, cfg: Config, dist: D.DistInfo, device: torch.device) -> nn.Module:
@@ -128,134 +122,163 @@ def distribute(model: IJEPA, cfg: Config, dist: D.DistInfo, device: torch.device
     return DDP(forward, device_ids=[dist.local_rank] if device.type == "cuda" else None)
 
 
-def report(summary: dict, is_main: bool) -> None:
-    if is_main and summary["stopped"]:
-        print(f"{summary['stopped']}: saved {summary['checkpoint']} at step {summary['steps']}; resume with the "
-              "same command", flush=True)
-    if is_main and summary["skipped_images"]:
-        print(summary["skipped_line"], flush=True)
+@dataclass
+class Run:
+    """A pretraining run's parts, built once by :func:`build_run`."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    dist: D.DistInfo
+    data: object  # an InMemoryPipeline or LoaderPipeline (inputs.py)
+    masks: MultiBlockMaskSampler
+    state: TrainState
+    horizon: Horizon
+    ckpt: Checkpointer
+    monitor: Monitor
+    start_step: int
+    last_loss: float
+    clock: Callable[[], float]
+    t_start: float
+
+
+def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time.perf_counter) -> Run:
+    """Every part of a run, each complete when made; a resumed run's state loaded into them."""
+    t_start = clock()  # a time limit counts from here
+    device, dist, precision = setup_device(cfg)
+    data = build_pipeline(cfg.data, dist, cfg.meta.seed, device)
+    ipe, out = data.steps_per_epoch, Path(out)
+    model = IJEPA.from_config(cfg, data.input_spec).to(device)
+    masks = MultiBlockMaskSampler(model.grid_size, cfg.mask)
+    optimizer = model.configure_optimizer(cfg.optimization, device.type)
+    scaler = precision.grad_scaler()
+    resume = read_resume(out, cfg.logging.write_tag, cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device)
+    horizon = build_horizon(cfg.optimization, ipe, t_start=t_start, clock=clock,
+                            slowest=lambda s: D.slowest(s, device),
+                            resumed=resume[1].get("horizon") if resume else None,
+                            step=int(resume[1]["step"]) if resume else 0)
+    schedules = Schedules.from_config(cfg.optimization, ipe, horizon)
+    ckpt = Checkpointer(out, cfg.logging.write_tag, model, optimizer, scaler, schedules, steps_per_epoch=ipe,
+                        is_main=dist.is_main, info={"batch_size": cfg.data.batch_size, "world_size": dist.world_size,
+                                                    "input_spec": data.input_spec.to_dict(), "config": cfg.to_dict()})
+    start_step, last_loss = ckpt.restore(*resume) if resume else (0, math.nan)
+    state = TrainState(model, distribute(model, cfg, dist, device), optimizer, scaler, schedules, precision,
+                       cfg.optimization.clip_grad)
+    knn = data.knn_sets() if cfg.logging.online_knn else None
+    monitor = Monitor(model.target_encoder, data.monitor_batch(), knn, precision)
+    return Run(cfg, out, device, dist, data, masks, state, horizon, ckpt, monitor, start_step, last_loss, clock,
+               t_start)
 
 
 # ------------------------------------------------------------------------------------------------- the loop
 
 
-def plan_horizon(cfg: Config, state: TrainState, ckpt: Checkpointer, data, masks, monitor: Monitor, rank: int,
-                 t_start: float, out_dir: Path, min_fit: float | None = None) -> int | None:
-    """The run's planned step count (None: ``epochs`` long), measuring a time budget when there is one; the
-    plan goes into the config (so ``config.yaml`` reproduces it), the checkpoints and ``budget.json``."""
-    batches = None
-
-    def run_step(draw: int) -> None:
-        # A throwaway step (the budget restores the state after) on a batch of its own, drawn through the
-        # pipeline as the run's steps are: timing one cached batch left out the crops and the collation, and
-        # budgeted runs then overran. The masks are draw `draw`'s, which the timing runs twice (budget.time_steps).
-        nonlocal batches
-        if batches is None:  # epochs again when a small dataset has fewer batches than the timing's steps
-            batches = (x for e in itertools.count() for x, _ in data.epoch(e) if x is not None)
-        images = next(batches)
-        enc, pred = masks(len(images), generator_for("mask", cfg.meta.seed, rank, draw))
-        dev = state.device
-        train_step(state, images, [m.to(dev) for m in enc], [m.to(dev) for m in pred], draw)
-
-    state.schedules = Schedules.from_config(cfg.optimization, data.steps_per_epoch)  # for the throwaway steps
-    timed = {"model": state.model, "optimizer": state.optimizer, "scaler": state.scaler}
-    configured = total_steps_of(cfg.optimization, data.steps_per_epoch)
-    steps, plan = horizon(cfg, ckpt, run_step, lambda: monitor(0), timed, state.device, t_start,
-                          min_fit)
-    if steps is not None:
-        cfg.optimization.total_steps = ckpt.info["total_steps"] = steps
-        ckpt.info["config"] = cfg.to_dict()
-    if plan is not None and ckpt.is_main:
-        atomic_write_json(out_dir / "budget.json", plan.to_dict())
-        measured = (f"{plan.step_seconds:.3f} s a step measured here, {plan.check_seconds:.1f} s a check, "
-                    f"{plan.setup_seconds:.1f} s start-up")
-        if cfg.optimization.minutes is not None:
-            print(f"time budget: {plan.minutes:g} min -> {steps} steps ({measured})", flush=True)
-        elif plan.capped:
-            print(f"time cap: {plan.minutes:g} min -> {steps} steps instead of the {configured} configured, every "
-                  f"schedule annealed over them ({measured})", flush=True)
-        else:
-            print(f"time cap: {plan.minutes:g} min; the configured {plan.total_steps} steps fit ({measured})",
-                  flush=True)
-    return steps
-
-
-def train(cfg: Config, out_dir: str | Path, *, min_fit: float | None = None) -> dict:
-    """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns a summary dict. ``min_fit``: a
-    new run whose time cap fits fewer than this share of its configured steps on this machine raises
-    :class:`~ijepa.errors.RecipeTooSlowError` at start-up, before it writes anything (the CPU default's ladder)."""
-    t_start = time.perf_counter()  # a time budget counts from here
-    device, dist, precision = setup_device(cfg)
-    data = build_pipeline(cfg.data, dist, cfg.meta.seed, device)
-    ipe, lg = data.steps_per_epoch, cfg.logging
-    model = IJEPA.from_config(cfg, data.input_spec)
-    masks = MultiBlockMaskSampler(model.grid_size, cfg.mask)
-    model.to(device)
-    optimizer = model.configure_optimizer(cfg.optimization, device.type)
-    state = TrainState(model, optimizer, None, device, precision, cfg.optimization.clip_grad,
-                       distribute(model, cfg, dist, device))
-    ckpt = Checkpointer(Path(out_dir), lg.write_tag, model, optimizer, None, steps_per_epoch=ipe,
-                        is_main=dist.is_main, info={"batch_size": cfg.data.batch_size, "world_size": dist.world_size,
-                                                    "input_spec": data.input_spec.to_dict(), "config": cfg.to_dict()})
-    ckpt.scaler = state.scaler
-    start_step, last_loss = ckpt.resume(cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device) or (0, math.nan)
-    monitor = Monitor(model.target_encoder, data.monitor_batch(), data.knn_sets() if lg.online_knn else None,
-                      device.type, state.bf16)
-    planned = plan_horizon(cfg, state, ckpt, data, masks, monitor, dist.rank, t_start, Path(out_dir), min_fit)
-    state.schedules = ckpt.schedules = schedules = Schedules.from_config(cfg.optimization, ipe, planned)
-    total_steps = total_steps_of(cfg.optimization, ipe)
-    images_per_step = cfg.data.batch_size * dist.world_size
-    step, skipped, stopped, t_loop = start_step, SkipTally(), None, time.perf_counter()
-    with RunLog(Path(out_dir), cfg, is_main=dist.is_main, start_step=start_step, total_steps=total_steps,
-                steps_per_epoch=ipe, checkpoint_name=ckpt.latest.name, last_loss=last_loss) as log, \
+def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns the summary (``summary.json``).
+    ``clock`` times a run with a time limit (a scripted one makes its plan reproducible in tests)."""
+    run = build_run(cfg, out_dir, clock=clock)
+    r, lg, horizon = run, cfg.logging, run.horizon
+    ipe, step, skipped, stopped = r.data.steps_per_epoch, r.start_step, SkipTally(), None
+    images_per_step = cfg.data.batch_size * r.dist.world_size
+    if r.dist.is_main:
+        print(describe_loss(cfg.loss), flush=True)
+    with RunLog(r.out, cfg, is_main=r.dist.is_main, start_step=step, total_steps=horizon.end,
+                steps_per_epoch=ipe, checkpoint_name=r.ckpt.latest.name, last_loss=r.last_loss) as log, \
             Preemption() as preempt:
-        while step < total_steps and stopped is None:
+        start_timing(r, log)
+        t_loop = clock()
+        while not horizon.done(step) and stopped is None:
             epoch, start_batch = divmod(step, ipe)
-            t_last = time.perf_counter()
-            for images, skipped_here in data.epoch(epoch, start_batch):
+            t_last = clock()
+            for images, skipped_here in r.data.epoch(epoch, start_batch):
                 skipped.add(skipped_here)
                 if images is None:
                     continue
-                masks_enc, masks_pred = masks(images.shape[0], generator_for("mask", cfg.meta.seed, dist.rank, step))
-                masks_enc = [m.to(device, non_blocking=True) for m in masks_enc]
-                masks_pred = [m.to(device, non_blocking=True) for m in masks_pred]
-                loss = train_step(state, images, masks_enc, masks_pred, step)
-                now = time.perf_counter()
-                dt, t_last = now - t_last, now
-                log.record(step_row(epoch, step, schedules, masks_enc, masks_pred, dt, images_per_step,
+                enc, pred = r.masks(images.shape[0], generator_for("mask", cfg.meta.seed, r.dist.rank, step))
+                enc = [m.to(r.device, non_blocking=True) for m in enc]
+                pred = [m.to(r.device, non_blocking=True) for m in pred]
+                loss = train_step(r.state, images, enc, pred, step)
+                now = clock()
+                log.record(step_row(epoch, step, r.state.schedules, enc, pred, now - t_last, images_per_step,
                                     skipped.occurrences), loss)
-                step += 1
-                if step % lg.log_freq == 0 or step == total_steps:
-                    log.flush(show_lr=schedules.lr_at(step))
-                # epoch ends and the last step get the full check (with the k-NN) below
-                if lg.monitor_freq and step % lg.monitor_freq == 0 and step % ipe and step < total_steps:
-                    log.monitor(step, monitor(step, knn=False))
-                if lg.checkpoint_every_steps and step % lg.checkpoint_every_steps == 0 and step % ipe:
-                    ckpt.save(step, log.flush())
+                step, dt, t_last = step + 1, now - t_last, now
+                if horizon.after_step(step, now, dt) is not None:
+                    replanned(r, log)
+                between_steps(r, log, step)
                 stopped = preempt.requested
-                if stopped or step >= total_steps:
+                if stopped or horizon.done(step):
                     break
             if stopped is None and step % ipe == 0:  # a whole epoch done: the full check, then the checkpoint
-                log.monitor(step, monitor(step))
+                log.monitor(step, r.monitor(step))
                 keep = lg.checkpoint_freq and (step // ipe) % lg.checkpoint_freq == 0
-                ckpt.save(step, log.flush(), keep_epoch=step // ipe if keep else None)
-        final_loss = log.flush()
-        ckpt.save(step, final_loss)
-        stats = {} if stopped else monitor(step)
-        if not stopped:
-            log.monitor(step, stats)
-        elapsed = time.perf_counter() - t_loop
-        summary = {"steps": step, "epochs": step / ipe, "final_loss": final_loss, "minutes": elapsed / 60,
-                   "images_seen": (step - start_step) * images_per_step,
-                   "images_per_s": (step - start_step) * images_per_step / max(elapsed, 1e-9), "bf16": state.bf16,
-                   "precision": str(state.precision),
-                   "wall_minutes": (time.perf_counter() - t_start) / 60, "planned_steps": planned,
-                   "device": str(device), "world_size": dist.world_size,
-                   "skipped_images": skipped.occurrences, "skipped_files": skipped.files,
-                   "skipped": dict(list(skipped.reasons.items())[:100]),  # file -> reason, the first 100
-                   "skipped_line": skipped.line() if skipped.occurrences else None,
-                   "checkpoint": str(ckpt.latest), "stopped": stopped, **stats}
-        log.write_summary(summary)
-    report(summary, dist.is_main)
+                r.ckpt.save(step, log.flush(), keep_epoch=step // ipe if keep else None)
+        summary = finish(r, log, step, stopped, skipped, clock() - t_loop, images_per_step)
     D.cleanup()
+    return summary
+
+
+def start_timing(r: Run, log: RunLog) -> None:
+    """A timed run times one full check first (what it reserves for each check to come), which is also the
+    check of the weights it starts from; then the horizon starts measuring steps."""
+    if not isinstance(r.horizon, TimedHorizon):
+        return
+    check_seconds = 0.0
+    if r.horizon.check_steps is None:  # a fresh run (a resumed one kept the measurement)
+        with torch.random.fork_rng(devices=[]):  # the check draws nothing the run would see
+            t0 = r.horizon.clock()
+            log.monitor(r.start_step, r.monitor(r.start_step))
+            check_seconds = D.slowest(r.horizon.clock() - t0, r.device)
+    r.horizon.begin(check_seconds, r.start_step)
+    if r.dist.is_main:
+        h = r.horizon
+        print(f"time limit: {h.minutes:g} min ({h.seconds_left() / 60:.1f} left to train): at most the configured "
+              f"{h.nominal} steps, as many as fit here, re-planned from the measured steps as the run goes "
+              f"(horizon.json)", flush=True)
+
+
+def replanned(r: Run, log: RunLog) -> None:
+    """A re-plan: the progress bar's length and horizon.json follow it."""
+    log.set_total(r.horizon.end)
+    if r.dist.is_main:
+        atomic_write_json(r.out / "horizon.json", r.horizon.to_json())
+
+
+def between_steps(r: Run, log: RunLog, step: int) -> None:
+    """The console line, the every-N-steps collapse check and checkpoint, at their intervals."""
+    lg, ipe, done = r.cfg.logging, r.data.steps_per_epoch, r.horizon.done(step)
+    if step % lg.log_freq == 0 or done:
+        log.flush(show_lr=r.state.schedules.lr_at(step))
+    # epoch ends and the last step get the full check (with the k-NN) in train()
+    if lg.monitor_freq and step % lg.monitor_freq == 0 and step % ipe and not done:
+        log.monitor(step, r.monitor(step, knn=False))
+    if lg.checkpoint_every_steps and step % lg.checkpoint_every_steps == 0 and step % ipe:
+        r.ckpt.save(step, log.flush())
+
+
+def finish(r: Run, log: RunLog, step: int, stopped: str | None, skipped: SkipTally, seconds: float,
+           images_per_step: int) -> dict:
+    """The final checkpoint, check and summary."""
+    final_loss = log.flush()
+    r.ckpt.save(step, final_loss)
+    stats = {} if stopped else r.monitor(step)
+    if not stopped:
+        log.monitor(step, stats)
+    if r.dist.is_main and r.horizon.kind != "fixed":
+        atomic_write_json(r.out / "horizon.json", r.horizon.to_json())
+    done = step - r.start_step
+    summary = {"steps": step, "epochs": step / r.data.steps_per_epoch, "final_loss": final_loss,
+               "minutes": seconds / 60, "images_seen": done * images_per_step,
+               "images_per_s": done * images_per_step / max(seconds, 1e-9),
+               "precision": str(r.state.precision), "horizon": r.horizon.kind, "planned_steps": r.horizon.total,
+               "configured_steps": r.horizon.nominal, "device": str(r.device), "world_size": r.dist.world_size,
+               "skipped_images": skipped.occurrences, "skipped_files": skipped.files,
+               "skipped": dict(list(skipped.reasons.items())[:100]),  # file -> reason, the first 100
+               "skipped_line": skipped.line() if skipped.occurrences else None,
+               "wall_minutes": (r.clock() - r.t_start) / 60, "checkpoint": str(r.ckpt.latest), "stopped": stopped,
+               **stats}
+    log.write_summary(summary)
+    if r.dist.is_main and stopped:
+        print(f"{stopped}: saved {summary['checkpoint']} at step {step}; resume with the same command", flush=True)
+    if r.dist.is_main and skipped.occurrences:
+        print(summary["skipped_line"], flush=True)
     return summary

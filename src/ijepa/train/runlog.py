@@ -114,6 +114,12 @@ class RunLog:
             self.progress = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step",
                                  dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
 
+    def set_total(self, total_steps: int) -> None:
+        """The run's planned length changed (a timed run re-planned): the progress bar follows."""
+        if self.progress is not None:
+            self.progress.total = total_steps
+            self.progress.refresh()
+
     def record(self, row: dict[str, Any], loss: torch.Tensor) -> None:
         """One step's row (every field but the loss) and its loss, still on the device."""
         self.pending.append((row, loss))
@@ -129,7 +135,7 @@ class RunLog:
                 raise NonFiniteLossError(
                     f"loss became {value} at step {row['step']} (epoch {row['epoch']}); stopping. The last good "
                     f"checkpoint ({self.checkpoint_name}, if any) was written before this and is untouched. Try a "
-                    f"lower optimization.lr, optimization.clip_grad, or meta.use_bfloat16=false.")
+                    f"lower optimization.lr, optimization.clip_grad, or meta.precision=fp32.")
             if self.is_main:
                 self.log_csv.writerow({**row, "loss": f"{value:.6f}"})
                 if self.tb:

@@ -1,0 +1,247 @@
+"""How long a run is: a horizon that the loop asks where the run is and whether to stop.
+
+A run's length is its configured steps, ``S`` (``optimization.epochs`` x steps per epoch, or
+``optimization.total_steps``). The schedules (lr, weight decay, EMA; ``schedules.py``) are functions of a position
+``u`` from 0 to ``S``; the horizon maps each step to its position:
+
+- a **fixed** horizon trains the ``S`` steps, ``u = step``;
+- a **timed** horizon (``optimization.minutes``) trains as many of them as fit in the minutes. It measures its own
+  steps as the run goes and, at regular points, re-plans the last step ``T`` from the time left and the recent
+  step time: a slow start, a throttling laptop or a busy neighbour moves ``T``, not the end time. After a re-plan
+  at step ``s`` (position ``u_s``) the steps left share the positions left, ``u = u_s + (S - u_s)(step - s) /
+  (T - s)``, so every schedule continues smoothly and is annealed to the last step, wherever that lands;
+- a **replayed** horizon (``optimization.replay``) follows the plan an earlier timed run recorded, which
+  reproduces that run bit for bit.
+
+The plan's record (every re-plan: its step, its last step, the step time it used) goes into ``horizon.json`` and
+the checkpoint, so a resumed run continues it. Under DDP every rank re-plans at the same steps with the slowest
+rank's times, so they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+# Left unplanned at the end, for what the plan cannot see: the last checkpoint write, the summary, the process's
+# own start and exit.
+MARGIN = 0.03
+# A timed run re-plans about this often (as a share of its minutes), and after at least MIN_WINDOW steps.
+REPLAN_SHARE = 0.02
+MIN_WINDOW = 2
+
+
+@dataclass(frozen=True)
+class Replan:
+    """One entry of a horizon's record: from ``step`` on, the run ends at ``total``."""
+
+    step: int
+    total: int
+    step_seconds: float | None = None  # the step time this plan was made with (None: not timed)
+    seconds_left: float | None = None  # the training time it had left
+
+
+class Horizon:
+    """A fixed or replayed horizon: the run's steps and the position of each step on the schedules' scale.
+
+    ``nominal`` is the configured length ``S``; ``record`` the plan (first entry at step 0); ``stop_at`` an
+    earlier stop (``optimization.max_steps``) that leaves the schedules as they are."""
+
+    kind = "fixed"
+
+    def __init__(self, nominal: int, record: list[Replan] | None = None, stop_at: int | None = None,
+                 pending: list[Replan] | None = None):
+        self.nominal = max(int(nominal), 1)
+        self.record = list(record) if record else [Replan(0, self.nominal)]
+        self.stop_at = stop_at
+        self.pending = list(pending or [])  # a replay's re-plans not reached yet, applied as the run reaches them
+
+    @property
+    def total(self) -> int:
+        """The run's last step, as planned now."""
+        return self.record[-1].total
+
+    @property
+    def end(self) -> int:
+        """Where the loop stops: the planned last step, or ``max_steps`` before it."""
+        return min(self.total, self.stop_at) if self.stop_at else self.total
+
+    def done(self, step: int) -> bool:
+        return step >= self.end
+
+    def position(self, step: int) -> float:
+        """The schedules' position of ``step``: ``step`` itself while the plan is the configured length."""
+        u_prev, prev = 0.0, None
+        for r in self.record:
+            if r.step > step:
+                break
+            if prev is not None:  # where the previous segment had got to when this one began
+                u_prev = _along(u_prev, prev, r.step, self.nominal)
+            prev = r
+        if prev.step == 0 and prev.total == self.nominal:
+            return float(step)
+        return _along(u_prev, prev, step, self.nominal)
+
+    def after_step(self, step: int, now: float | None = None, seconds: float = 0.0) -> Replan | None:
+        """Called after each step with the number of steps done (and the clock, and the step's cost): a fixed
+        horizon never re-plans; a replayed one takes the recorded re-plan made at this step."""
+        if self.pending and self.pending[0].step <= step:
+            self.record.append(self.pending.pop(0))
+            return self.record[-1]
+        return None
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "nominal": self.nominal, "record": [asdict(r) for r in self.record]}
+
+    def to_json(self) -> dict:
+        return {**self.state_dict(), "total": self.total}
+
+
+def _along(u0: float, seg: Replan, step: int, nominal: int) -> float:
+    """Position of ``step`` on a segment that began at ``seg.step`` (position ``u0``) and ends at ``seg.total``."""
+    span = seg.total - seg.step
+    if span <= 0:
+        return float(nominal)
+    return u0 + (nominal - u0) * min(step - seg.step, span) / span
+
+
+class TimedHorizon(Horizon):
+    """The steps that fit ``minutes`` of wall time, counted from ``t_start``, re-planned as the run goes.
+
+    ``clock`` returns seconds (``time.perf_counter``; tests pass a scripted one). ``check_seconds`` is one full
+    check's cost (the loop times the first one), which the plan reserves for each epoch end it reaches and the end
+    of the run. ``slowest`` turns this rank's seconds into the slowest rank's (identity when not distributed)."""
+
+    kind = "timed"
+
+    def __init__(self, nominal: int, minutes: float, steps_per_epoch: int, *, t_start: float,
+                 clock: Callable[[], float] = time.perf_counter, slowest: Callable[[float], float] = float,
+                 stop_at: int | None = None, state: dict | None = None):
+        super().__init__(nominal, None, stop_at)
+        self.minutes, self.steps_per_epoch = minutes, steps_per_epoch
+        self.clock, self.slowest = clock, slowest
+        self.spent = 0.0           # training seconds of earlier processes (a resumed run), up to their checkpoint
+        self.t_start = t_start     # when this process's share of the minutes began
+        self.check_steps: float | None = None  # one check's cost, in steps of the time it was measured at
+        self.window: list | None = None  # [steps, their seconds] since the last re-plan, once measuring
+        self.last_now: float | None = None  # the clock at the last step's end
+        self.next_replan = 0
+        if state is not None:
+            self.load_state_dict(state)
+
+    # ---------------------------------------------------------------------------------------------- time
+
+    def elapsed(self, now: float | None = None) -> float:
+        return self.spent + ((self.clock() if now is None else now) - self.t_start)
+
+    def seconds_left(self, now: float | None = None) -> float:
+        return self.minutes * 60.0 * (1 - MARGIN) - self.elapsed(now)
+
+    def begin(self, check_seconds: float, step: int) -> None:
+        """Start measuring at ``step`` (0, or the resumed step), given one check's cost."""
+        self._check_seconds = check_seconds
+        self.window = [0, 0.0]  # steps and their seconds since the last re-plan
+        self.next_replan = step + MIN_WINDOW
+
+    # ---------------------------------------------------------------------------------------------- plan
+
+    def after_step(self, step: int, now: float | None = None, seconds: float = 0.0) -> Replan | None:
+        """``step`` steps are done, the last in ``seconds`` (what it cost the loop, from the end of the step before:
+        the loop's own work between steps counts, the epoch-end checks do not, as the plan reserves them): at a
+        re-plan point, plan the last step again from the recent step time."""
+        if self.window is None:
+            return None
+        self.window[0] += 1
+        self.window[1] += seconds
+        self.last_now = now
+        if step < self.next_replan:
+            return None
+        now = self.clock() if now is None else now
+        tau = self.slowest(self.window[1] / max(self.window[0], 1))
+        left = -self.slowest(-self.seconds_left(now))  # the rank with the least time left decides
+        if self.check_steps is None:  # the check was timed before any step: put it in units of the first steps
+            self.check_steps = self._check_seconds / tau
+        total = self.plan(step, left, tau)
+        self.window = [0, 0.0]
+        # the next re-plan about REPLAN_SHARE of the minutes from now, in steps (every rank computes the same)
+        self.next_replan = step + max(MIN_WINDOW, int(REPLAN_SHARE * self.minutes * 60.0 / tau))
+        if total == self.total:
+            return None
+        r = Replan(step, total, round(tau, 6), round(left, 3))
+        self.record.append(r)
+        return r
+
+    def plan(self, step: int, left: float, tau: float) -> int:
+        """The last step: as many steps after ``step`` as fit ``left`` seconds at ``tau`` a step, with a check
+        at each epoch end they reach and one at the end; never past the configured length."""
+        check = (self.check_steps or 0.0) * tau
+        budget = left - check  # the final check always runs
+
+        def cost(n: int) -> float:
+            epoch_ends = (step + n) // self.steps_per_epoch - step // self.steps_per_epoch
+            return n * tau + epoch_ends * check
+
+        n = max(0, math.floor(budget / (tau + check / self.steps_per_epoch)))  # a lower bound
+        while step + n < self.nominal and cost(n + 1) <= budget:
+            n += 1
+        return min(step + n, self.nominal)
+
+    # ---------------------------------------------------------------------------------------------- state
+
+    def state_dict(self, now: float | None = None) -> dict:
+        """The plan so far and the time it has used, as of ``now`` (default: the last step's end)."""
+        now = now if now is not None else self.last_now
+        return {**super().state_dict(), "minutes": self.minutes, "spent": self.elapsed(now),
+                "check_steps": self.check_steps, "next_replan": self.next_replan}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nominal = int(state["nominal"])
+        self.record = [Replan(**r) for r in state["record"]]
+        self.spent, self.check_steps = float(state["spent"]), state["check_steps"]
+
+
+def build_horizon(opt, steps_per_epoch: int, *, t_start: float, clock: Callable[[], float] = time.perf_counter,
+                  slowest: Callable[[float], float] = float, resumed: dict | None = None,
+                  step: int = 0) -> Horizon:
+    """The horizon ``opt`` (an ``OptimizationConfig``) asks for; ``resumed`` is the horizon state of the checkpoint
+    a run resumes at ``step``, which it continues."""
+    nominal = opt.total_steps or opt.epochs * steps_per_epoch
+    if opt.replay is not None:
+        data = read_record(opt.replay)
+        if data["nominal"] != nominal:
+            raise ConfigError(f"optimization.replay: {opt.replay} was planned over {data['nominal']} configured "
+                              f"steps, this config has {nominal}: replay it with the same data and length keys")
+        record = [Replan(**r) for r in data["record"]]
+        reached = [r for r in record if r.step <= step]
+        return Horizon(nominal, reached, opt.max_steps, pending=record[len(reached):])
+    if resumed is not None and resumed["nominal"] != nominal:
+        raise ConfigError(f"the checkpoint being resumed was planned over {resumed['nominal']} steps, this config "
+                          f"has {nominal}: resume it with the same optimization.epochs / total_steps and data")
+    if opt.minutes is None:
+        if resumed is not None and resumed["kind"] == "timed":
+            raise ConfigError("the checkpoint being resumed is a timed run: resume it with the same "
+                              "optimization.minutes (ijepa train --minutes)")
+        return Horizon(nominal, None, opt.max_steps)
+    if resumed is not None and resumed["kind"] != "timed":
+        raise ConfigError("optimization.minutes: the checkpoint being resumed was not started with a time limit; "
+                          "resume it without one (or start a new run folder)")
+    return TimedHorizon(nominal, opt.minutes, steps_per_epoch, t_start=t_start, clock=clock, slowest=slowest,
+                        stop_at=opt.max_steps, state=resumed)
+
+
+def read_record(path: str | Path) -> dict:
+    """A horizon.json (or a run folder holding one)."""
+    p = Path(path)
+    p = p / "horizon.json" if p.is_dir() else p
+    try:
+        data = json.loads(p.read_text())
+        data["record"], data["nominal"]  # noqa: B018 (the keys a replay needs)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"optimization.replay: {p} is not a horizon record ({type(e).__name__}: {e})") from None
+    return data
