@@ -71,13 +71,6 @@ class CheckpointMismatchError(CheckpointError):
                          + " Pass the right arch=..., or strict=False to load only the matching keys.")
 
 
-class RecipeTooSlowError(IJepaError):
-    """The machine is too slow for the recipe's time cap to leave enough of its steps (``train(min_fit=...)``),
-    found at start-up before any step counts; the CPU default then steps down its ladder."""
-
-    kind = "too slow"
-
-
 class NonFiniteLossError(IJepaError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left alone."""
 
