@@ -2,54 +2,31 @@
 
 One step, as data flows: images and (context ids, target ids) -> target encoder on all patches -> layer norm ->
 gather the target blocks -> context encoder on the context patches only -> predictor (context tokens + mask
-tokens at the target positions) -> smooth-L1. ``forward`` is that loss, so ``DDP(model)`` wraps the whole step's
-forward (the target encoder's parameters take no gradient, so DDP leaves them alone) and ``model.encoder``,
-``model.predictor``, ``model.target_encoder`` stay the plain modules a checkpoint saves (``compiled()`` gives a
-compiled view over the same parameters).
+tokens at the target positions) -> smooth-L1 against the target blocks. That much is the paper's, loss included
+(:func:`~ijepa.train.losses.prediction_loss`). Ours, not the paper's, and off unless ``loss.*`` weights turn them
+on: extra terms on the batch's mean-pooled context features (VICReg variance and covariance, SIGReg;
+:mod:`ijepa.train.losses`), added to that loss.
+
+``forward`` is the loss, so ``DDP(model)`` wraps the whole step's forward (the target encoder's parameters take no
+gradient, so DDP leaves them alone) and ``model.encoder``, ``model.predictor``, ``model.target_encoder`` stay the
+plain modules a checkpoint saves (``compiled()`` gives a compiled view over the same parameters).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..config import Config, LossConfig, OptimizationConfig
+from ..config import Config, OptimizationConfig
 from ..models import apply_masks, build_encoder, build_predictor
 from ..models.targets import normalize_targets
 from ..optim import param_groups
 from ..spec import InputSpec
-
-
-def vicreg_terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Variance hinge and off-diagonal covariance of pooled features z (B, D), as in VICReg."""
-    z = z.float()
-    std = torch.sqrt(z.var(dim=0) + 1e-4)
-    var = F.relu(1.0 - std).mean()
-    zc = z - z.mean(dim=0)
-    cov = (zc.T @ zc) / max(z.shape[0] - 1, 1)
-    off = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
-    return var, off / z.shape[1]
-
-
-def sigreg(z: torch.Tensor, num_slices: int = 256, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
-    """SIGReg (LeJEPA, Balestriero & LeCun 2025): how far features z (B, D) are from an isotropic standard Gaussian.
-    z is projected on ``num_slices`` random unit directions; on each, the Epps-Pulley statistic compares the
-    empirical characteristic function with exp(-t^2/2) over t in [-t_max, t_max] (Gaussian-weighted, trapezoid
-    rule), scaled by B as a test statistic; the result is the mean over directions."""
-    z = z.float()
-    dirs = torch.randn(z.shape[1], num_slices, device=z.device)
-    s = z @ (dirs / dirs.norm(dim=0, keepdim=True))                     # (B, M)
-    t = torch.linspace(0.0, t_max, knots, device=z.device)              # the integrand is even in t
-    ts = s.unsqueeze(-1) * t                                            # (B, M, T)
-    gauss = torch.exp(-0.5 * t * t)
-    err = (torch.cos(ts).mean(0) - gauss).square() + torch.sin(ts).mean(0).square()  # (M, T)
-    w = torch.full_like(t, t_max / (knots - 1))
-    w[0] = w[-1] = w[0] / 2
-    return z.shape[0] * 2.0 * (err * gauss * w).sum(-1).mean()
+from .losses import extra_terms, prediction_loss
 
 
 def make_target(encoder: nn.Module) -> nn.Module:
@@ -65,14 +42,14 @@ def make_target(encoder: nn.Module) -> nn.Module:
 class IJEPA(nn.Module):
     """Context encoder, predictor and target encoder; ``forward(images, masks_enc, masks_pred)`` is the loss.
 
-    ``reg`` adds the optional terms of :class:`~ijepa.config.LossConfig` (ours; all zero is the paper's loss)."""
+    ``terms`` are the extra loss terms (:func:`ijepa.train.losses.extra_terms`: ours; none is the paper's loss)."""
 
     def __init__(self, encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module | None = None,
-                 reg: LossConfig | None = None):
+                 terms: Iterable[nn.Module] = ()):
         super().__init__()
         self.encoder, self.predictor = encoder, predictor
         self.target_encoder = target_encoder if target_encoder is not None else make_target(encoder)
-        self.reg = reg or LossConfig()
+        self.terms = nn.ModuleList(terms)
 
     @classmethod
     def from_config(cls, cfg: Config, input_spec: InputSpec) -> IJEPA:
@@ -85,10 +62,7 @@ class IJEPA(nn.Module):
         encoder.input_spec = input_spec
         predictor = build_predictor(encoder, predictor_embed_dim=m.pred_emb_dim, depth=m.pred_depth,
                                     num_heads=m.pred_num_heads, one_pass=m.pred_one_pass)
-        # The training step runs each batch whole: CPU slicing gains it nothing (0.98x, benchmarks/train_step.py);
-        # the monitor's forward-only checks slice (train/monitor.py), as extraction does.
-        encoder.cpu_chunk_tokens = 0
-        model = cls(encoder, predictor, reg=cfg.loss)
+        model = cls(encoder, predictor, terms=extra_terms(cfg.loss))
         if m.grad_checkpointing:
             encoder.set_grad_checkpointing(True)
         return model
@@ -100,7 +74,7 @@ class IJEPA(nn.Module):
     def forward(self, images: torch.Tensor, masks_enc: list[torch.Tensor],
                 masks_pred: list[torch.Tensor]) -> torch.Tensor:
         """The loss of one batch: masks are lists of (B, K) patch-index tensors (context, target blocks)."""
-        reg, B = self.reg, images.shape[0]
+        B = images.shape[0]
         with torch.no_grad(), record_function("target_forward"):
             h = apply_masks(normalize_targets(self.target_encoder(images)), masks_pred)  # (npred·B, K, D)
             if len(masks_enc) > 1:  # one copy per context mask, in the predictor's output order
@@ -109,18 +83,12 @@ class IJEPA(nn.Module):
         with record_function("context_forward"):
             z = self.encoder(images, masks_enc)
         with record_function("predictor_forward"):
-            loss = F.smooth_l1_loss(self.predictor(z, masks_enc, masks_pred).float(), h.float())
-        pooled = z.mean(dim=1).float() if (reg.var_weight or reg.cov_weight or reg.sigreg_weight) else None
-        if reg.var_weight or reg.cov_weight:
-            var, cov = vicreg_terms(pooled)
-            loss = loss + reg.var_weight * var + reg.cov_weight * cov
-        if reg.sigreg_weight:
-            loss = loss + reg.sigreg_weight * sigreg(pooled, reg.sigreg_slices)
+            loss = prediction_loss(self.predictor(z, masks_enc, masks_pred), h)
+        if self.terms:
+            pooled = z.mean(dim=1).float()
+            for term in self.terms:  # one at a time, so the total rounds as the written sum loss + t1 + t2 + ... does
+                loss = loss + term(pooled)
         return loss
-
-    def loss(self, images: torch.Tensor, masks_enc: list[torch.Tensor],
-             masks_pred: list[torch.Tensor]) -> torch.Tensor:
-        return self(images, masks_enc, masks_pred)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
@@ -143,7 +111,7 @@ class IJEPA(nn.Module):
         """The same model with each network wrapped by ``torch.compile``: the same parameters, for computing the
         loss; this one (checkpoints, the monitor's checks, the EMA) stays eager."""
         nets = (torch.compile(m, **compile_kwargs) for m in (self.encoder, self.predictor, self.target_encoder))
-        return IJEPA(*nets, reg=self.reg)
+        return IJEPA(*nets, terms=self.terms)
 
     def arch_dict(self) -> dict:
         return {"encoder": self.encoder.arch_dict(), "predictor": self.predictor.arch_dict()}
