@@ -1,11 +1,14 @@
+import contextlib
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 
 from ijepa.models import VIT_SIZES, apply_masks, build_encoder, build_predictor, resample_pos_embed, sincos_2d
+from ijepa.models.vit import CPU_CHUNK_TOKENS, inference_forward, sdpa_backend
 
 
 def reference_sincos(dim, grid):
@@ -120,13 +123,12 @@ def test_cpu_chunks_give_the_same_tokens_layers_and_gradients():
     enc.blocks[0].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
 
     def run(chunk_tokens):
-        enc.cpu_chunk_tokens = chunk_tokens
         enc.zero_grad(set_to_none=True)
         calls.clear()
-        out = enc(x, [ids, ids])  # 20 rows of 20 tokens
+        out = enc(x, [ids, ids], cpu_chunk_tokens=chunk_tokens)  # 20 rows of 20 tokens
         out.square().mean().backward()
         grads = [p.grad.clone() for p in enc.parameters() if p.requires_grad]
-        return out.detach(), grads, list(calls), enc.get_intermediate_layers(x, n=2)
+        return out.detach(), grads, list(calls), enc.get_intermediate_layers(x, n=2, cpu_chunk_tokens=chunk_tokens)
 
     whole, g_whole, c_whole, l_whole = run(0)
     sliced, g_sliced, c_sliced, l_sliced = run(60)
@@ -134,6 +136,53 @@ def test_cpu_chunks_give_the_same_tokens_layers_and_gradients():
     assert torch.allclose(sliced, whole, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_sliced, g_whole))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(l_sliced, l_whole))
+
+
+def test_only_inference_forward_slices_the_batch():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", patch_size=4, img_size=28, depth=2).eval()
+    rows = CPU_CHUNK_TOKENS // 49  # images per slice at 49 tokens each
+    x = torch.randn(2 * rows + 3, 3, 28, 28)
+    calls = []
+    enc.blocks[0].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    with torch.no_grad():
+        whole = enc(x)  # what training runs: the whole batch, always
+        assert calls == [len(x)]
+        calls.clear()
+        sliced = inference_forward(enc, x)
+        assert calls == [rows, rows, 3]
+        calls.clear()
+        layers = inference_forward(enc, x, last_layers=2)
+        assert calls == [rows, rows, 3] and len(layers) == 2
+    assert torch.allclose(sliced, whole, atol=1e-6) and torch.equal(layers[-1], sliced)
+    # any other encoder is called as it is
+    assert torch.equal(inference_forward(lambda t: t * 2, torch.ones(3)), torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("device, dtype, grad, tokens, backend", [
+    ("cpu", torch.bfloat16, True, 49, SDPBackend.MATH),
+    ("cpu", torch.bfloat16, True, 128, SDPBackend.MATH),
+    ("cpu", torch.bfloat16, True, 129, None),   # long sequences: flash wins again
+    ("cpu", torch.bfloat16, False, 49, None),   # forward only: flash is 3x faster
+    ("cpu", torch.float32, True, 49, None),
+    ("cuda", torch.bfloat16, True, 49, None),
+])
+def test_sdpa_backend_pins_math_for_short_bf16_cpu_sequences_with_grad(device, dtype, grad, tokens, backend):
+    assert sdpa_backend(device, dtype, grad, tokens) == backend
+
+
+def test_attention_takes_the_chosen_backend(monkeypatch):
+    import ijepa.models.vit as vit
+
+    seen = []
+    monkeypatch.setattr(vit, "sdpa_kernel", lambda b: seen.append(b) or contextlib.nullcontext())
+    attn = vit.Attention(64, 2)
+    x = torch.randn(2, 49, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x)  # grad: MATH
+        with torch.no_grad():
+            attn(x)  # no pin
+    assert seen == [SDPBackend.MATH]
 
 
 def test_position_embeddings_resample_to_any_grid():

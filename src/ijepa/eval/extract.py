@@ -1,9 +1,8 @@
 """Frozen-feature extraction from any encoder.
 
 An encoder here is any ``nn.Module`` whose ``forward(images)`` returns patch tokens (B, N, D). Its
-``input_spec`` says what images it expects; :mod:`ijepa.data.preprocess` turns raw images into that input (its
-functions are re-exported here), so the random-init and pixel baselines go through exactly the same
-preprocessing as a trained model.
+``input_spec`` says what images it expects; :mod:`ijepa.data.preprocess` turns raw images into that input, so
+the random-init and pixel baselines go through exactly the same preprocessing as a trained model.
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import dataset_info, read_sample, sample_source
 from ..data.decode import Unreadable
-from ..data.preprocess import default_input_spec, prepare_images, resolve_input_spec, to_tensor
-from ..device import bf16_supported
+from ..data.preprocess import prepare_images, resolve_input_spec, to_tensor
+from ..models.vit import inference_forward
 from ..precision import resolve_precision
-from .feature_file import FeatureSet, load_features, save_features
+from .feature_file import FeatureSet
 
-__all__ = ["POOLINGS", "FeatureSet", "bf16_supported", "default_input_spec", "extract_feature_set",
-           "extract_features", "load_features", "prepare_images", "resolve_input_spec", "save_features"]
+__all__ = ["POOLINGS", "extract_feature_set", "extract_features"]
 
 POOLINGS = ("mean", "last4", "tokens")
 
@@ -45,9 +43,9 @@ def _pool(encoder: nn.Module, x: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling == "last4":
         if not hasattr(encoder, "get_intermediate_layers"):
             raise TypeError(f"{type(encoder).__name__} has no get_intermediate_layers(); use pooling='mean'")
-        layers = encoder.get_intermediate_layers(x, n=4)
+        layers = inference_forward(encoder, x, last_layers=4)
         return torch.cat([t.mean(dim=1) if t.ndim == 3 else t for t in layers], dim=-1)
-    out = encoder(x)
+    out = inference_forward(encoder, x)
     if isinstance(out, (tuple, list)):
         out = out[0]
     if pooling == "tokens":
@@ -197,19 +195,12 @@ def extract_feature_set(encoder: nn.Module | Callable[[torch.Tensor], torch.Tens
     was_training = encoder.training if isinstance(encoder, nn.Module) else None
     if isinstance(encoder, nn.Module):
         encoder.eval()  # dropout / drop-path off: features must not depend on the batch or on chance
-    # Filled in place when the image count is known: all-token features can be gigabytes, and
-    # concatenating a list of batches would need twice that at the end.
-    out: torch.Tensor | None = None
-    feats: list[torch.Tensor] = []
-    n_out = 0
-    labels: list[torch.Tensor] | None = []
-    rows: list | None = []
-    skipped: list[dict[str, str]] = []
+    acc = _Accumulator(total)
     try:
         with tqdm(total=total, disable=not progress, unit="img", desc=f"features ({pooling})",
                   dynamic_ncols=True) as bar:
             for b in batches:
-                skipped += b.skipped
+                acc.skipped += b.skipped
                 bar.update(len(b.skipped))
                 if b.images.numel() == 0:
                     continue
@@ -218,41 +209,55 @@ def extract_feature_set(encoder: nn.Module | Callable[[torch.Tensor], torch.Tens
                 x = prepare_images(imgs, spec) if (spec is not None and not b.prepared) else imgs.float()
                 with torch.inference_mode(), precision.autocast():
                     f = _pool(encoder, x, pooling)
-                # Copied (outside inference mode) into ordinary tensors, which autograd can use later.
-                f = f.float()
-                if total is not None and out is None:
-                    out = torch.empty((total, *f.shape[1:]), dtype=torch.float32)
-                if out is not None and not feats and n_out + len(f) <= len(out):
-                    out[n_out:n_out + len(f)] = f.cpu()
-                    n_out += len(f)
-                else:
-                    feats.append(f.cpu().clone())
-                if b.labels is None:
-                    labels = None
-                elif labels is not None:
-                    labels.append(b.labels.reshape(-1).long().cpu())
-                if b.rows is None:
-                    rows = None
-                elif rows is not None:
-                    rows.extend(b.rows)
+                acc.add(f.float(), b)  # copied (outside inference mode) into tensors autograd can use later
                 bar.update(len(x))
     finally:
         if was_training:
             encoder.train()
-    if out is None and not feats:
-        raise ValueError("no images to extract features from"
-                         + (f" ({len(skipped)} skipped: {skipped[0]['source']}: {skipped[0]['reason']}, ...)"
-                            if skipped else ""))
-    if out is None:
-        out = torch.cat(feats)
-    else:
-        if n_out < len(out):  # corrupt images were dropped
-            out = out[:n_out].clone()
-        if feats:  # a loader yielded more than its len() promised
-            out = torch.cat([out, *feats])
+    out = acc.features()
     info = dataset_info(images_or_dataset) if isinstance(images_or_dataset, Dataset) else {}
     meta = {"source": getattr(encoder, "source", None) or type(encoder).__name__, "pooling": pooling,
             "input_spec": spec if spec is not None else getattr(encoder, "input_spec", None),
             "root": info.get("root"), "inputs": total, "dtype": dtype}
-    return FeatureSet(out, torch.cat(labels) if labels else None, rows=rows, classes=info.get("classes"),
-                      skipped=skipped, meta=meta)
+    return FeatureSet(out, torch.cat(acc.labels) if acc.labels else None, rows=acc.rows,
+                      classes=info.get("classes"), skipped=acc.skipped, meta=meta)
+
+
+class _Accumulator:
+    """The rows of an extraction as batches arrive: features filled in place once the image count is known (all-
+    token features can be gigabytes, and concatenating a list of batches would need twice that at the end),
+    labels and row names while every batch has them."""
+
+    def __init__(self, total: int | None):
+        self.total, self.out, self.n_out = total, None, 0
+        self.feats: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] | None = []
+        self.rows: list | None = []
+        self.skipped: list[dict[str, str]] = []
+
+    def add(self, f: torch.Tensor, b) -> None:
+        if self.total is not None and self.out is None:
+            self.out = torch.empty((self.total, *f.shape[1:]), dtype=torch.float32)
+        if self.out is not None and not self.feats and self.n_out + len(f) <= len(self.out):
+            self.out[self.n_out:self.n_out + len(f)] = f.cpu()
+            self.n_out += len(f)
+        else:
+            self.feats.append(f.cpu().clone())
+        if b.labels is None:
+            self.labels = None
+        elif self.labels is not None:
+            self.labels.append(b.labels.reshape(-1).long().cpu())
+        if b.rows is None:
+            self.rows = None
+        elif self.rows is not None:
+            self.rows.extend(b.rows)
+
+    def features(self) -> torch.Tensor:
+        if self.out is None and not self.feats:
+            first = self.skipped[0] if self.skipped else None
+            raise ValueError("no images to extract features from" + (
+                f" ({len(self.skipped)} skipped: {first['source']}: {first['reason']}, ...)" if first else ""))
+        if self.out is None:
+            return torch.cat(self.feats)
+        out = self.out[:self.n_out].clone() if self.n_out < len(self.out) else self.out  # corrupt images dropped
+        return torch.cat([out, *self.feats]) if self.feats else out  # a loader yielded more than len() promised

@@ -2,7 +2,7 @@
 
 from .pos_embed import resample_pos_embed, sincos_2d
 from .predictor import VisionTransformerPredictor, build_predictor
-from .vit import VIT_SIZES, VisionTransformer, apply_masks, build_encoder, gather_tokens
+from .vit import VIT_SIZES, VisionTransformer, apply_masks, build_encoder, gather_tokens, inference_forward
 
 __all__ = ["VIT_SIZES", "VisionTransformer", "VisionTransformerPredictor", "apply_masks", "build_encoder",
-           "build_predictor", "gather_tokens", "resample_pos_embed", "sincos_2d"]
+           "build_predictor", "gather_tokens", "inference_forward", "resample_pos_embed", "sincos_2d"]

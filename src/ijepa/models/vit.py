@@ -9,8 +9,9 @@ crashes, facebookresearch/ijepa #42), and tokens are gathered with one index op 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -42,16 +43,25 @@ _CPU_BF16_MATH_MAX_TOKENS = 128
 # On the CPU a whole batch's activations fall out of the caches, and the copies, adds, layer norms and GELUs around
 # the matmuls become memory-bound: in batches of 512, feature extraction runs 1.6-2.0x faster when the blocks run on
 # slices of the batch of about this many tokens each (benchmarks/cpu_chunks.py: ViT-base at depth 2 on 49 tokens,
-# 377 against 230 images/s). The rows are independent sequences: the result is the same (to the bit in every shape
-# that benchmark checks). Training turns it off (``model.cpu_chunk_tokens = 0``: the CPU default's step gains
-# nothing, 0.98x).
+# 377 against 230 images/s). The rows are independent sequences: the result is the same, to the bit in fp32 (in
+# bf16 oneDNN may round differently at another batch size: pooled features within ~1e-3 on an AMX CPU). Only
+# forward-only passes slice (:func:`inference_forward`): the CPU default's training step gained nothing from it
+# (0.98x), so training runs each batch whole.
 CPU_CHUNK_TOKENS = 1536
+
+
+def sdpa_backend(device_type: str, dtype: torch.dtype, needs_grad: bool, n_tokens: int) -> SDPBackend | None:
+    """The SDPA backend attention pins for these inputs, or None to leave the choice to torch: the MATH backend
+    for short bf16 sequences that need gradients on the CPU (see :data:`_CPU_BF16_MATH_MAX_TOKENS`)."""
+    if device_type == "cpu" and dtype == torch.bfloat16 and needs_grad and n_tokens <= _CPU_BF16_MATH_MAX_TOKENS:
+        return SDPBackend.MATH
+    return None
 
 
 def run_in_chunks(fn, x: torch.Tensor, chunk_tokens: int):
     """``fn(x)`` for a (rows, N, D) ``x`` whose rows are independent sequences, computed on slices of about
-    ``chunk_tokens`` tokens when ``x`` is on the CPU (see :data:`CPU_CHUNK_TOKENS`). ``fn`` returns a tensor or
-    a list of tensors, each with the rows first."""
+    ``chunk_tokens`` tokens when ``x`` is on the CPU (0: the whole batch; see :data:`CPU_CHUNK_TOKENS`). ``fn``
+    returns a tensor or a list of tensors, each with the rows first."""
     rows = max(1, chunk_tokens // max(x.shape[1], 1)) if chunk_tokens > 0 else x.shape[0]
     if x.device.type != "cpu" or rows >= x.shape[0]:
         return fn(x)
@@ -59,6 +69,7 @@ def run_in_chunks(fn, x: torch.Tensor, chunk_tokens: int):
     if isinstance(outs[0], torch.Tensor):
         return torch.cat(outs)
     return [torch.cat(parts) for parts in zip(*outs)]
+
 
 def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(x, int):
@@ -126,10 +137,8 @@ class Attention(nn.Module):
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.attn_drop if self.training else 0.0
-        if q.requires_grad and q.device.type == "cpu" and q.dtype == torch.bfloat16 and N <= _CPU_BF16_MATH_MAX_TOKENS:
-            with sdpa_kernel(SDPBackend.MATH):
-                x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        else:
+        backend = sdpa_backend(q.device.type, q.dtype, q.requires_grad, N)
+        with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -202,7 +211,6 @@ class VisionTransformer(nn.Module):
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.grad_checkpointing = False
-        self.cpu_chunk_tokens = CPU_CHUNK_TOKENS  # a speed setting, not part of the architecture
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         # A fixed table, stored as a frozen parameter (not a buffer) because that is where the reference's
@@ -249,21 +257,25 @@ class VisionTransformer(nn.Module):
                 kept.append(x)
         return x, kept
 
-    def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None, *,
+                cpu_chunk_tokens: int = 0) -> torch.Tensor:
         """images (B, C, H, W) -> (B, N, D); with ``masks`` (each (B, K) patch ids), only those tokens enter the
         blocks (gathered before, not after — that is where I-JEPA's context encoder saves its compute) and the
-        result is (len(masks)·B, K, D)."""
+        result is (len(masks)·B, K, D). ``cpu_chunk_tokens`` > 0 runs the blocks on CPU slices of the batch of
+        about that many tokens (same result; forward-only passes take :func:`inference_forward`, which sets it)."""
         x = self.embed(x)
         if masks is not None:
             x = apply_masks(x, masks)
-        return run_in_chunks(lambda c: self.norm(self._run_blocks(c)[0]), x, self.cpu_chunk_tokens)
+        return run_in_chunks(lambda c: self.norm(self._run_blocks(c)[0]), x, cpu_chunk_tokens)
 
-    def get_intermediate_layers(self, x: torch.Tensor, n: int = 4, norm: bool = True) -> list[torch.Tensor]:
-        """The last ``n`` blocks' outputs (each (B, N, D)), passed through the final norm when ``norm``."""
+    def get_intermediate_layers(self, x: torch.Tensor, n: int = 4, norm: bool = True, *,
+                                cpu_chunk_tokens: int = 0) -> list[torch.Tensor]:
+        """The last ``n`` blocks' outputs (each (B, N, D)), passed through the final norm when ``norm``;
+        ``cpu_chunk_tokens`` as in :meth:`forward`."""
         def last_n(c: torch.Tensor) -> list[torch.Tensor]:
             kept = self._run_blocks(c, keep_last=n)[1]
             return [self.norm(t) for t in kept] if norm else kept
-        return run_in_chunks(last_n, self.embed(x), self.cpu_chunk_tokens)
+        return run_in_chunks(last_n, self.embed(x), cpu_chunk_tokens)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -274,6 +286,18 @@ class VisionTransformer(nn.Module):
                 "embed_dim": self.embed_dim, "depth": self.depth, "num_heads": self.num_heads,
                 "mlp_ratio": self.mlp_ratio, "norm_eps": self.norm_eps,
                 "qkv_bias": self.blocks[0].attn.qkv.bias is not None if len(self.blocks) else True}
+
+
+def inference_forward(encoder: Callable, images: torch.Tensor, *,
+                      last_layers: int = 0) -> torch.Tensor | list[torch.Tensor]:
+    """A forward-only pass (feature extraction, the training monitor): ``encoder(images)``, or with ``last_layers``
+    ``encoder.get_intermediate_layers(images, n=last_layers)``. A :class:`VisionTransformer` runs its blocks on CPU
+    slices of :data:`CPU_CHUNK_TOKENS` tokens (the same features, 1.6-2x faster); any other encoder is called as
+    it is. Training calls the encoders directly, on the whole batch."""
+    kw = {"cpu_chunk_tokens": CPU_CHUNK_TOKENS} if isinstance(encoder, VisionTransformer) else {}
+    if last_layers:
+        return encoder.get_intermediate_layers(images, n=last_layers, **kw)
+    return encoder(images, **kw)
 
 
 def arch_name(arch: str) -> str:

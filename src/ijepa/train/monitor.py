@@ -12,26 +12,19 @@ from contextlib import contextmanager
 import torch
 
 from ..metrics import knn_accuracy
-from ..models.vit import CPU_CHUNK_TOKENS
+from ..models.vit import inference_forward
+from ..precision import Precision
 
 
 @contextmanager
-def forward_only(model: torch.nn.Module):
-    """Eval mode, and batch slicing on the CPU, for the duration of a no-grad check.
-
-    The training step leaves slicing off (cpu_chunk_tokens=0: the step gains nothing), but these checks
-    are forward passes over hundreds of images, where slices of ~CPU_CHUNK_TOKENS tokens run 1.6-2x faster
-    with the same features (benchmarks/cpu_chunks.py); a non-zero training setting is kept as it is."""
-    was_training, chunk = model.training, getattr(model, "cpu_chunk_tokens", None)
+def eval_mode(model: torch.nn.Module):
+    """Eval mode for the duration of a check, the model's own mode restored afterwards (training resumes)."""
+    was_training = model.training
     model.eval()
-    if chunk == 0:
-        model.cpu_chunk_tokens = CPU_CHUNK_TOKENS
     try:
         yield model
     finally:
         model.train(was_training)
-        if chunk is not None:
-            model.cpu_chunk_tokens = chunk
 
 
 def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
@@ -50,8 +43,8 @@ def feature_std(features: torch.Tensor) -> float:
 @torch.no_grad()
 def collapse_stats(target_encoder: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Pooled target-encoder features of a fixed batch -> {'target_std', 'rankme'}."""
-    with forward_only(target_encoder):
-        feats = target_encoder(images).mean(dim=1)
+    with eval_mode(target_encoder):
+        feats = inference_forward(target_encoder, images).mean(dim=1)
     return {"target_std": feature_std(feats), "rankme": rankme(feats)}
 
 
@@ -59,8 +52,8 @@ def collapse_stats(target_encoder: torch.nn.Module, images: torch.Tensor) -> dic
 def online_knn(target_encoder: torch.nn.Module, bank: torch.Tensor, bank_y: torch.Tensor, query: torch.Tensor,
                query_y: torch.Tensor, batch_size: int = 500) -> float:
     """k-NN accuracy (k=20, T=0.07, cosine, as ``ijepa eval``'s knn) of bank-centred pooled target features."""
-    with forward_only(target_encoder):
-        feats = [torch.cat([target_encoder(x[i:i + batch_size]).mean(1).float().cpu()
+    with eval_mode(target_encoder):
+        feats = [torch.cat([inference_forward(target_encoder, x[i:i + batch_size]).mean(1).float().cpu()
                             for i in range(0, len(x), batch_size)]) for x in (bank, query)]
     # Early in training pooled features share one dominant direction (RankMe near 1): cosine similarity of raw
     # features then barely tells images apart, so both sets are centred on the bank's mean first.
@@ -70,19 +63,20 @@ def online_knn(target_encoder: torch.nn.Module, bank: torch.Tensor, bank_y: torc
 
 class Monitor:
     """The run's collapse checks on ``images`` (a fixed batch) and, given ``knn_sets`` (bank, bank labels,
-    queries, query labels), the online k-NN. Each step is checked once; asking again returns the same stats."""
+    queries, query labels), the online k-NN, in the run's ``precision``. Each step is checked once; asking again
+    returns the same stats."""
 
     def __init__(self, target_encoder: torch.nn.Module, images: torch.Tensor, knn_sets: tuple | None,
-                 device_type: str, bf16: bool):
+                 precision: Precision):
         self.target, self.images, self.knn_sets = target_encoder, images, knn_sets
-        self.device_type, self.bf16 = device_type, bf16
+        self.precision = precision
         self.done: dict[int, dict[str, float]] = {}
 
     def __call__(self, step: int, knn: bool = True) -> dict[str, float]:
         """Stats at ``step``; the k-NN (3,000 forward passes, ~10x the rest) only when ``knn``: the loop asks for
         it at epoch ends and the end of the run, not at the every-N-steps checks."""
         if step not in self.done:
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            with self.precision.autocast():
                 stats = collapse_stats(self.target, self.images)
                 if knn and self.knn_sets is not None:
                     stats["knn"] = online_knn(self.target, *self.knn_sets)

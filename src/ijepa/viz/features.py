@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ..data.preprocess import prepare_images, resolve_input_spec
 from ..data.sources import mode_for, open_images
 from ..data.transforms import make_eval_transform, normalize_batch
+from ..models.vit import inference_forward
 from ..precision import Precision
 from . import VizError
 
@@ -129,7 +130,7 @@ def encode(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256
     was_training = encoder.training
     encoder.eval()
     with precision.autocast() if precision is not None else contextlib.nullcontext():
-        out = [encoder(encoder_input(images[i:i + batch_size], encoder)).float()
+        out = [inference_forward(encoder, encoder_input(images[i:i + batch_size], encoder)).float()
                for i in range(0, len(images), batch_size)]
     encoder.train(was_training)
     return torch.cat(out)

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from ..io import read_safetensors, write_safetensors
 from ..masks import MaskConfig
+from ..models.vit import inference_forward
 from ..optim import param_groups, set_lr, warmup_cosine
 from ..precision import Precision, resolve_precision
 from . import VizError
@@ -320,7 +321,7 @@ def _features(target_encoder: nn.Module, images: torch.Tensor, device: torch.dev
         for i in range(0, len(images), batch_size):
             x = encoder_input(images[i:i + batch_size], target_encoder).to(device)
             with prec.autocast():
-                out.append(decoder_input(target_encoder(x).float()).cpu())
+                out.append(decoder_input(inference_forward(target_encoder, x).float()).cpu())
     return torch.cat(out)
 
 
