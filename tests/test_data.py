@@ -13,24 +13,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data.distributed import DistributedSampler
 
-from ijepa.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchRandomResizedCrop,
+from ijepa.data.datasets import (
     CorruptImageWarning,
-    DatasetNotFoundError,
     FlatImageFolder,
     ImageFolderDataset,
-    InMemoryBatches,
-    ResumableDistributedSampler,
     TensorImageDataset,
-    build_loader,
     collate_skip_corrupt,
-    load_fashion_mnist,
-    make_eval_transform,
-    make_pretrain_transform,
-    normalize_batch,
 )
+from ijepa.data.fashion_mnist import load_fashion_mnist
+from ijepa.data.loader import InMemoryBatches, ResumableDistributedSampler, build_loader
+from ijepa.data.transforms import BatchRandomResizedCrop, make_eval_transform, make_pretrain_transform, normalize_batch
+from ijepa.errors import DatasetNotFoundError
+from ijepa.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _png(path: Path, value: int, size: tuple[int, int] = (10, 8), mode: str = "RGB") -> Path:

@@ -11,22 +11,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ijepa.data.fashion_mnist import load_fashion_mnist
+from ijepa.data.preprocess import prepare_images
 from ijepa.eval import (
     AttentiveProbe,
     extract_features,
     fit_logistic,
     fmnist_probe,
-    knn_accuracy,
-    knn_classify,
     linear_probe,
     load_features,
     lowshot_eval,
     pixel_features,
-    prepare_images,
     sample_per_class,
     save_features,
     train_attentive_probe,
 )
+from ijepa.metrics import knn_accuracy, knn_classify
 from ijepa.models.vit import build_encoder
 
 

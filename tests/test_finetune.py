@@ -17,7 +17,7 @@ import ijepa
 from ijepa.cli import build_parser, main
 from ijepa.config import ConfigError
 from ijepa.data.fashion_mnist import DatasetNotFoundError, load_fashion_mnist
-from ijepa.eval import prepare_images
+from ijepa.data.preprocess import prepare_images
 from ijepa.eval.finetune import (
     ClassifierModel,
     FinetuneConfig,

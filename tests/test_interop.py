@@ -21,16 +21,16 @@ import torch
 import yaml
 
 import ijepa.interop as interop
-from ijepa.interop import (
+from ijepa.errors import (
+    CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
     CheckpointReadError,
-    InteropError,
     UnknownFormatError,
     UnsafeCheckpointError,
-    registry,
 )
 from ijepa.interop import hf as hf_fmt
+from ijepa.interop import registry
 from ijepa.models.predictor import VisionTransformerPredictor
 from ijepa.models.vit import VisionTransformer
 
@@ -38,7 +38,7 @@ transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
 TOL = 1e-5
-TINY = dict(embed_dim=192, depth=4, num_heads=3)
+TINY_ARCH = dict(embed_dim=192, depth=4, num_heads=3)  # as _hf_model builds, so the two can be compared
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,7 +55,7 @@ def _hf_model(patch: int = 14, image: int = 224, depth: int = 4, eps: float | No
 
 def _ours(seed: int = 0, **kw) -> VisionTransformer:
     torch.manual_seed(seed)
-    args = dict(img_size=224, patch_size=16, **TINY)
+    args = dict(img_size=224, patch_size=16, **TINY_ARCH)
     args.update(kw)
     enc = VisionTransformer(**args).eval()
     with torch.no_grad():  # non-trivial norms, so a swapped or dropped LayerNorm cannot pass unnoticed
@@ -270,7 +270,7 @@ def test_reference_pth_tar_both_encoders_and_predictor(tmp_path: Path) -> None:
         assert z.shape == (2, 10, enc.embed_dim)
         assert torch.equal(z, pred(ctx(x, masks_enc), masks_enc, masks_pred[:1]))
         assert p(enc(x, masks_enc), masks_enc, masks_pred[1:]).shape == (2, 7, enc.embed_dim)
-    with pytest.raises(InteropError, match="which='momentum'"):
+    with pytest.raises(CheckpointError, match="which='momentum'"):
         interop.load(f, which="momentum")
 
 
@@ -289,7 +289,7 @@ def test_convert_reference_to_each_format(tmp_path: Path) -> None:
         n = interop.convert(f, tmp_path / "n.safetensors", to="ijepa", with_predictor=True)
         enc, p = interop.load(n, with_predictor=True)
         assert torch.equal(enc(x), want) and p is not None
-    with pytest.raises(InteropError, match="encoder only"):
+    with pytest.raises(CheckpointError, match="encoder only"):
         interop.convert(f, tmp_path / "bad", to="hf", with_predictor=True)
 
 
@@ -413,7 +413,7 @@ def test_download_from_a_local_stand_in(tmp_path: Path, monkeypatch) -> None:
         assert got == cache / "tiny.pth.tar" and got.read_bytes() == payload
         (served / "tiny.pth.tar").unlink()
         assert interop.download("tiny-test", cache) == got  # already there: not fetched again
-        with pytest.raises(InteropError, match="stopped after 1000 of 1500 bytes"):
+        with pytest.raises(CheckpointError, match="stopped after 1000 of 1500 bytes"):
             interop.download("short-test", cache, progress=False)
         with pytest.raises(OSError, match="404"):
             interop.download("gone-test", cache, progress=False)

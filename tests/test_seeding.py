@@ -3,22 +3,17 @@
 import random
 
 import torch
+from conftest import cfg_with
 from PIL import Image
 
 import ijepa.train.inputs as inputs
 import ijepa.train.loop as loop
-from ijepa.config import load_config
 from ijepa.data.datasets import FlatImageFolder
 from ijepa.data.transforms import make_pretrain_transform
 from ijepa.eval.run import random_like
 from ijepa.models import build_encoder
 from ijepa.seeding import STREAMS, generator_for
 from ijepa.train.loop import train
-
-TINY = ["optimization.max_minutes=null",  # the default rung's time cap would time throwaway steps first
-        "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=1", "meta.pred_depth=1",
-        "meta.pred_emb_dim=48", "meta.use_bfloat16=false", "logging.progress=false", "loss.var_weight=0",
-        "loss.cov_weight=0"]
 
 
 def test_streams_are_tagged_apart():
@@ -43,7 +38,7 @@ def test_masks_and_crops_of_a_run_never_share_a_generator(tmp_path, monkeypatch)
 
     monkeypatch.setattr(inputs, "generator_for", recorder("crop", inputs.generator_for))
     monkeypatch.setattr(loop, "generator_for", recorder("mask", loop.generator_for))
-    train(load_config(None, TINY + ["data.limit=32", "optimization.epochs=3"]), tmp_path)
+    train(cfg_with("data.limit=32", "optimization.epochs=3"), tmp_path)
     assert len(seen["crop"]) == 6 and len(seen["mask"]) == 6
     assert not set(seen["crop"]) & set(seen["mask"])
     assert len(set(seen["crop"])) == len(set(seen["mask"])) == 6

@@ -16,16 +16,11 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ijepa.data import CorruptImageWarning, ImageFolderDataset, collate_skip_corrupt
-from ijepa.data.shards import (
-    ShardDataset,
-    ShardReadWarning,
-    ShardsNotFoundError,
-    build_shard_loader,
-    main,
-    write_index,
-    write_shards,
-)
+from ijepa.data.datasets import CorruptImageWarning, ImageFolderDataset, collate_skip_corrupt
+from ijepa.data.shards.cli import main
+from ijepa.data.shards.format import ShardReadWarning, ShardsNotFoundError
+from ijepa.data.shards.reader import ShardDataset, build_shard_loader
+from ijepa.data.shards.writer import write_index, write_shards
 
 CLASSES = ("apple", "bee", "cat")
 PER_CLASS = 10

@@ -36,7 +36,7 @@ from .fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
 from .fashion_mnist import MEAN as FMNIST_MEAN
 from .fashion_mnist import STD as FMNIST_STD
 from .fashion_mnist import load_fashion_mnist
-from .shards import ShardDataset
+from .shards.reader import ShardDataset
 
 DATASETS = ("fashion_mnist", "imagefolder", "folder", "shards")
 SPLITS = ("train", "test")
@@ -126,7 +126,7 @@ def open_images(kind: str, root: str | os.PathLike | None = None, *, split: str 
 
     ``limit``: the first N images. ``draft_size``: JPEGs decode at the smallest scale keeping both sides at least
     this. ``max_pixels``: larger images in a folder are skipped unread (None: no limit). ``shard_options`` go to
-    :class:`~ijepa.data.shards.ShardDataset` (rank, world_size, seed, shuffle, name_skipped)."""
+    :class:`~ijepa.data.shards.reader.ShardDataset` (rank, world_size, seed, shuffle, name_skipped)."""
     _check_kind(kind)
     if split is not None and split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")

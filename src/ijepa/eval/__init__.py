@@ -3,22 +3,14 @@ and end-to-end fine-tuning with a classification head (``ijepa.eval.finetune``; 
 not re-exported here, so that the name keeps meaning the module).
 
 Works with any encoder whose ``forward(images)`` returns patch tokens (B, N, D); nothing here depends on
-the training code.
+the training code. What evaluation shares with the rest of the package is imported from its one home: the k-NN
+metric from :mod:`ijepa.metrics` (training's monitor uses it too), image preprocessing from
+:mod:`ijepa.data.preprocess`, the bf16 check from :mod:`ijepa.device`.
 """
 
 from .attentive import AttentiveProbe, train_attentive_probe
-from .extract import (
-    POOLINGS,
-    FeatureSet,
-    bf16_supported,
-    default_input_spec,
-    extract_feature_set,
-    extract_features,
-    load_features,
-    prepare_images,
-    resolve_input_spec,
-    save_features,
-)
+from .extract import POOLINGS, extract_feature_set, extract_features
+from .feature_file import FeatureSet, load_features, save_features
 from .finetune import (
     ClassifierModel,
     FinetuneConfig,
@@ -28,7 +20,6 @@ from .finetune import (
     save_classifier,
     save_hf_classifier,
 )
-from .knn import knn_accuracy, knn_classify
 from .linear import (
     DEFAULT_WDS,
     LogisticRegression,
@@ -42,10 +33,8 @@ from .lowshot import lowshot_eval, parse_shot, sample_per_class
 
 __all__ = [
     "DEFAULT_WDS", "POOLINGS", "AttentiveProbe", "ClassifierModel", "FeatureSet", "FinetuneConfig",
-    "LogisticRegression", "bf16_supported", "default_input_spec", "evaluate_classifier", "extract_feature_set",
-    "extract_features", "fit_logistic",
-    "fmnist_probe", "knn_accuracy", "knn_classify", "linear_probe", "load_classifier", "load_features",
-    "lowshot_eval", "param_groups_lrd", "parse_shot", "pixel_features", "prepare_images", "resolve_input_spec",
-    "sample_per_class", "save_classifier", "save_features", "save_hf_classifier", "stratified_split",
-    "train_attentive_probe",
+    "LogisticRegression", "evaluate_classifier", "extract_feature_set", "extract_features", "fit_logistic",
+    "fmnist_probe", "linear_probe", "load_classifier", "load_features", "lowshot_eval", "param_groups_lrd",
+    "parse_shot", "pixel_features", "sample_per_class", "save_classifier", "save_features", "save_hf_classifier",
+    "stratified_split", "train_attentive_probe",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .knn import knn_accuracy
+from ..metrics import knn_accuracy
 from .linear import linear_probe
 
 __all__ = ["lowshot_eval", "parse_shot", "sample_per_class"]
@@ -61,7 +61,7 @@ def lowshot_eval(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Ten
 
     ``method``: ``"linear"`` (:func:`~ijepa.eval.linear.linear_probe`; its L2 strength is chosen on a
     stratified held-out part of the sample when there are at least two examples per class, else the
-    strongest in the sweep is used) or ``"knn"`` (:func:`~ijepa.eval.knn.knn_accuracy`). ``kwargs`` go to
+    strongest in the sweep is used) or ``"knn"`` (:func:`~ijepa.metrics.knn_accuracy`). ``kwargs`` go to
     that function. The std is the sample standard deviation across seeds (0 for a single seed); accuracies
     are fractions.
     """

@@ -23,11 +23,11 @@ from ..data.transforms import make_eval_transform
 from ..errors import ConfigError
 from ..interop import load
 from ..interop.load import run_checkpoint
+from ..metrics import knn_accuracy
 from ..models.vit import VisionTransformer
 from ..spec import InputSpec
 from .attentive import train_attentive_probe
 from .extract import extract_features
-from .knn import knn_accuracy
 from .linear import FMNIST_PROBE_TRAIN, FMNIST_PROBE_WD, linear_probe, pixel_features
 from .lowshot import lowshot_eval
 

@@ -4,28 +4,16 @@
 timm state dicts and exports, our training checkpoints and our ``.safetensors`` exports; ``export`` and
 ``convert`` write our format, a transformers directory or a timm export. Nothing here downloads anything
 except ``download``. Every pickle is read with ``torch.load(weights_only=True)``; everything written is
-safetensors + JSON, replaced atomically.
+safetensors + JSON, replaced atomically. Every checkpoint problem raises an
+:class:`ijepa.errors.CheckpointError` (the subclasses, e.g. ``CheckpointMismatchError``, live there too).
 
 The files, in the order ``load`` uses them: ``load.py`` (entry points) -> ``registry.py`` (published names)
 -> ``detect.py`` (which format) -> one file per format (``reference.py``, ``hf.py``, ``timm.py``,
 ``native.py``: detection, reader, key map, writer) -> ``build.py`` (the models, with ``arch.py``).
 """
 
-from ..errors import (
-    CheckpointError,
-    CheckpointMismatchError,
-    CheckpointNotFoundError,
-    CheckpointReadError,
-    UnknownFormatError,
-    UnsafeCheckpointError,
-)
 from .detect import read_weights
 from .load import convert, export, load
 from .registry import PUBLISHED, PublishedModel, describe, download
 
-# Every checkpoint problem is an ijepa.errors.CheckpointError; this module has always called it InteropError.
-InteropError = CheckpointError
-
-__all__ = ["PUBLISHED", "CheckpointMismatchError", "CheckpointNotFoundError", "CheckpointReadError",
-           "InteropError", "PublishedModel", "UnknownFormatError", "UnsafeCheckpointError", "convert",
-           "describe", "download", "export", "load", "read_weights"]
+__all__ = ["PUBLISHED", "PublishedModel", "convert", "describe", "download", "export", "load", "read_weights"]

@@ -1,19 +1,7 @@
-"""Pretraining: the IJEPA module (:mod:`.ijepa`), the loop (:mod:`.loop`), its inputs, checkpoints and run log.
+"""Pretraining: the IJEPA module (:mod:`.ijepa`), the loop (:mod:`.loop`, whose :func:`~ijepa.train.loop.train`
+runs a config into a run folder; the package root exports it as ``ijepa.pretrain``), its inputs, checkpoints and
+run log.
 
-``ijepa.train`` is both this package and the public ``train(cfg, out_dir)`` function: once any ``ijepa.train.*``
-module is imported, Python binds the name ``ijepa.train`` to the package, so the package is callable and calls
-:func:`ijepa.train.loop.train` (``ijepa.train(cfg, out)`` works however often it is reached).
+This package exports nothing: Python binds the name ``ijepa.train`` to it as soon as any ``ijepa.train.*`` module
+is imported, so it cannot also be a function.
 """
-
-import sys
-import types
-
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        from .loop import train  # on call: importing the package must not import the whole training stack
-
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage

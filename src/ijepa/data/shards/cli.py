@@ -1,36 +1,13 @@
-"""``ijepa shards SRC DST`` (and ``python -m ijepa.data.shards``): the arguments and the command.
+"""The arguments of ``ijepa shards SRC DST``, and ``python -m ijepa.data.shards`` with them.
 
-Only the standard library is imported at module level: the writer (and with it torch) loads when the command
-runs, not when the parser is built (``ijepa --help``)."""
+Only the standard library is imported at module level: the command itself (:func:`.writer.shards_command`)
+imports torch, so it loads when it runs, not when the parser is built (``ijepa --help``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-from pathlib import Path
 
-__all__ = ["build_arg_parser", "main", "shards_command"]
-
-
-def shards_command(src: str | os.PathLike, dst: str | os.PathLike, labelled: bool = True, max_count: int = 10_000,
-                   *, max_bytes: int = 1 << 30, prefix: str = "shard", shuffle_seed: int | None = 0,
-                   overwrite: bool = False) -> int:
-    """``ijepa shards SRC DST``: write the shards with a progress bar, print a summary, return the exit code."""
-    # Here, not at the top: .format and .writer import ijepa.data.datasets, and with it torch.
-    from .format import CLASSES_NAME, INDEX_NAME
-    from .writer import write_shards
-
-    paths = write_shards(src, dst, labelled=labelled, max_count=max_count, max_bytes=max_bytes, prefix=prefix,
-                         shuffle_seed=shuffle_seed, overwrite=overwrite, progress=sys.stderr.isatty())
-    index = json.loads((Path(dst) / INDEX_NAME).read_text())
-    total = sum(p.stat().st_size for p in paths)
-    extra = f", {index['num_classes']} classes in {CLASSES_NAME}" if index.get("num_classes") else ""
-    skipped = f"; {index['skipped_files']} unreadable file(s) skipped" if index["skipped_files"] else ""
-    print(f"{index['num_samples']} images in {len(paths)} shards ({total / 2**30:.2f} GiB) -> {dst} "
-          f"({INDEX_NAME}{extra}){skipped}. Read them with ijepa.data.shards.ShardDataset({str(dst)!r}).")
-    return 0
+__all__ = ["build_arg_parser", "main"]
 
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -51,5 +28,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-    return shards_command(args.src, args.dst, not args.unlabelled, args.max_count, max_bytes=args.max_bytes,
-                          prefix=args.prefix, shuffle_seed=args.shuffle_seed, overwrite=args.overwrite)
+    # Here, not at the top: the writer imports ijepa.data.datasets, and with it torch; `ijepa --help` builds
+    # this module's parser and must not.
+    from .writer import shards_command
+
+    return shards_command(args)

@@ -28,7 +28,7 @@ INDEX_VERSION = 1
 
 _IMG_EXTS = frozenset(e.lstrip(".") for e in IMG_EXTENSIONS)
 _HOW_TO_CREATE = ("create them from an image folder with `ijepa shards SRC DST` "
-                  "(or ijepa.data.shards.write_shards(SRC, DST))")
+                  "(or ijepa.data.shards.writer.write_shards(SRC, DST))")
 
 
 class ShardsNotFoundError(DatasetNotFoundError):
@@ -122,7 +122,7 @@ def _no_index_error(folder: Path) -> ShardsNotFoundError:
         return ShardsNotFoundError(
             f"{folder} holds {len(tars)} .tar files but no {INDEX_NAME}, which gives the sample counts the loader "
             f"needs. If they are WebDataset shards from another tool, index them with "
-            f"ijepa.data.shards.write_index({str(folder)!r}); otherwise {_HOW_TO_CREATE}.")
+            f"ijepa.data.shards.writer.write_index({str(folder)!r}); otherwise {_HOW_TO_CREATE}.")
     return ShardsNotFoundError(f"no shards in {folder}: {_HOW_TO_CREATE}.")
 
 
@@ -165,14 +165,14 @@ def read_index(shards_dir_or_glob: str | os.PathLike) -> tuple[dict[str, Any], l
         by_name = {e["name"]: e for e in entries}
     except (ValueError, KeyError, TypeError) as e:
         raise ShardsNotFoundError(f"{index_path} is not a shard index ({type(e).__name__}: {e}); re-create it "
-                                  f"with ijepa.data.shards.write_index({str(folder)!r})") from None
+                                  f"with ijepa.data.shards.writer.write_index({str(folder)!r})") from None
     if index.get("format") != INDEX_FORMAT:
         raise ShardsNotFoundError(f"{index_path} is not an {INDEX_FORMAT} index")
     if selected is not None:
         unknown = [n for n in selected if n not in by_name]
         if unknown:
             raise ShardsNotFoundError(f"{len(unknown)} shard(s) matching {spec!r} are not in {index_path} (e.g. "
-                                      f"{unknown[0]}); re-index with ijepa.data.shards.write_index("
+                                      f"{unknown[0]}); re-index with ijepa.data.shards.writer.write_index("
                                       f"{str(folder)!r})")
         entries = [by_name[n] for n in selected]
     if not entries:

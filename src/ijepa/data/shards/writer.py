@@ -1,14 +1,17 @@
 """Writing tar shards: :func:`write_shards` packs an image folder, :func:`write_index` indexes tars written by
-other tools. Both write the ``index.json`` the reader needs (the format is in :mod:`.format`)."""
+other tools. Both write the ``index.json`` the reader needs (the format is in :mod:`.format`).
+:func:`shards_command` is ``ijepa shards`` (its arguments are in :mod:`.cli`)."""
 
 from __future__ import annotations
 
+import argparse
 import glob
 import io
 import json
 import os
 import random
 import re
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -27,7 +30,7 @@ from .format import (
     _iter_samples,
 )
 
-__all__ = ["write_index", "write_shards"]
+__all__ = ["shards_command", "write_index", "write_shards"]
 
 # Fixed header fields make the shards byte-identical for the same input, whoever writes them and when.
 _TAR_MTIME = 0
@@ -116,16 +119,34 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
     if not prefix or "/" in prefix or os.sep in prefix:
         raise ValueError(f"prefix must be a non-empty file-name prefix, got {prefix!r}")
     ds = ImageFolderDataset(src_root) if labelled else FlatImageFolder(src_root)
-    samples = ds.samples
     classes = ds.classes if labelled else None
-    order = list(range(len(samples)))
+    order = list(range(len(ds.samples)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
-
     out = Path(out_dir)
+    pattern = re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar$")
+    old = _claim(out, pattern, prefix, overwrite)
+    paths, entries, skipped = _pack(ds.samples, order, out, prefix, labelled=labelled, max_count=max_count,
+                                    max_bytes=max_bytes, progress=progress)
+    if classes is not None:
+        _write_json(out / CLASSES_NAME, classes)
+    _write_json(out / INDEX_NAME, {
+        "format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
+        "num_samples": sum(e["count"] for e in entries), "num_classes": len(classes) if classes else None,
+        "shuffle_seed": shuffle_seed, "key": "index into the source folder's sorted sample list",
+        "skipped_files": len(skipped), "shards": entries,
+    })
+    for name in sorted(old - {p.name for p in paths}):
+        (out / name).unlink(missing_ok=True)
+    return paths
+
+
+def _claim(out: Path, pattern: re.Pattern, prefix: str, overwrite: bool) -> set[str]:
+    """Make ``out`` ready for a new set of shards: refuse one that holds an index or shards of this prefix unless
+    ``overwrite``, then remove the old index (so nothing reads a half-replaced set). Returns the names of the old
+    shards, which the caller removes last, once the new set is complete."""
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / INDEX_NAME
-    pattern = re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar$")
     existing = sorted(p.name for p in out.iterdir() if pattern.match(p.name))
     if (index_path.exists() or existing) and not overwrite:
         raise FileExistsError(f"{out} already holds {INDEX_NAME if index_path.exists() else 'shards'}"
@@ -138,7 +159,13 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
         except (ValueError, KeyError, TypeError):
             old_names = set()
         index_path.unlink()
+    return {name for name in old_names | set(existing) if pattern.match(name)}
 
+
+def _pack(samples: list[tuple[str, int]], order: list[int], out: Path, prefix: str, *, labelled: bool,
+          max_count: int, max_bytes: int, progress: bool) -> tuple[list[Path], list[dict[str, Any]], list[str]]:
+    """Copy the files ``samples[i]`` for ``i`` in ``order`` into shards of at most ``max_count`` samples and
+    ``max_bytes`` bytes; returns the shards' paths, their index entries and the files that could not be read."""
     from tqdm.auto import tqdm  # here, so that importing ijepa.data stays light
 
     width = max(9, len(str(len(samples))))
@@ -164,7 +191,7 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
                 data = Path(path).read_bytes()
             except OSError as e:
                 warnings.warn(f"Skipping unreadable file {path}: {type(e).__name__}: {e}", CorruptImageWarning,
-                              stacklevel=2)
+                              stacklevel=3)
                 skipped.append(path)
                 continue
             members = [(Path(path).suffix.lower().lstrip("."), data)]
@@ -181,20 +208,23 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
         if writer is not None:
             writer.abort()
         raise
+    return paths, entries, skipped
 
-    if classes is not None:
-        _write_json(out / CLASSES_NAME, classes)
-    _write_json(index_path, {
-        "format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
-        "num_samples": sum(e["count"] for e in entries), "num_classes": len(classes) if classes else None,
-        "shuffle_seed": shuffle_seed, "key": "index into the source folder's sorted sample list",
-        "skipped_files": len(skipped), "shards": entries,
-    })
-    new_names = {p.name for p in paths}
-    for name in sorted((old_names | set(existing)) - new_names):
-        if pattern.match(name):
-            (out / name).unlink(missing_ok=True)
-    return paths
+
+def shards_command(args: argparse.Namespace) -> int:
+    """``ijepa shards SRC DST`` (arguments: :func:`~.cli.build_arg_parser`): write the shards with a progress bar
+    on a terminal, print a summary, return the exit code."""
+    dst = args.dst
+    paths = write_shards(args.src, dst, labelled=not args.unlabelled, max_count=args.max_count,
+                         max_bytes=args.max_bytes, prefix=args.prefix, shuffle_seed=args.shuffle_seed,
+                         overwrite=args.overwrite, progress=sys.stderr.isatty())
+    index = json.loads((Path(dst) / INDEX_NAME).read_text())
+    total = sum(p.stat().st_size for p in paths)
+    extra = f", {index['num_classes']} classes in {CLASSES_NAME}" if index.get("num_classes") else ""
+    skipped = f"; {index['skipped_files']} unreadable file(s) skipped" if index["skipped_files"] else ""
+    print(f"{index['num_samples']} images in {len(paths)} shards ({total / 2**30:.2f} GiB) -> {dst} "
+          f"({INDEX_NAME}{extra}){skipped}. Read them with ijepa.data.shards.reader.ShardDataset({str(dst)!r}).")
+    return 0
 
 
 def write_index(shards_dir_or_glob: str | os.PathLike, *, labelled: bool | None = None) -> Path:

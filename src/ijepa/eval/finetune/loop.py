@@ -119,8 +119,8 @@ def finetune(encoder: nn.Module, train_images: Any, train_labels: Any, val_image
 
     ``train_images`` / ``val_images``: raw images held in memory — uint8 (0..255) or float in [0, 1], shaped
     (N, H, W), (N, C, H, W) or (N, H, W, C); each batch is augmented (training only) and preprocessed on the
-    device with ``input_spec`` (default: the encoder's, see :func:`ijepa.eval.resolve_input_spec`), exactly as
-    feature extraction preprocesses. Labels are class indices; ``num_classes`` defaults to the largest + 1.
+    device with ``input_spec`` (default: the encoder's, see :func:`ijepa.data.preprocess.resolve_input_spec`),
+    exactly as feature extraction preprocesses. Labels are class indices; ``num_classes`` defaults to the largest + 1.
 
     The encoder is trained in place (pass a copy to keep the original) on ``device`` (default: where the
     encoder is). ``cfg``: :class:`FinetuneConfig`. With ``out_dir``, writes ``finetune_log.csv``,

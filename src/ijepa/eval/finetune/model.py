@@ -14,7 +14,7 @@ class ClassifierModel(nn.Module):
     """``head(mean over tokens of encoder(x))``: transformers' ``IJepaForImageClassification``, on our encoder.
 
     ``encoder``: a :class:`ijepa.models.vit.VisionTransformer` (or any module returning (B, N, D) tokens and
-    having ``embed_dim``). ``forward`` takes normalised images (see :func:`ijepa.eval.prepare_images` and
+    having ``embed_dim``). ``forward`` takes normalised images (see :func:`ijepa.data.preprocess.prepare_images` and
     ``input_spec``) and returns logits (B, num_classes). ``id2label`` (optional) names the classes.
     """
 
