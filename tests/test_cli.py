@@ -1,15 +1,14 @@
+import argparse
+import importlib
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import TINY
 
-from ijepa.cli import main
-
-TINY = ["data.limit=256", "data.batch_size=32", "meta.model_name=vit_tiny", "meta.enc_depth=1", "meta.pred_depth=1",
-        "meta.pred_emb_dim=48", "optimization.epochs=1", "optimization.warmup=0.2", "logging.progress=false",
-        "meta.use_bfloat16=false"]
+from ijepa.cli import build_parser, main
 
 
 def test_help_explains_every_command(capsys):
@@ -22,6 +21,40 @@ def test_help_explains_every_command(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--config" in out and "--out" in out and "key=value" in out and "ijepa config --keys" in out
+
+
+def test_building_the_parser_imports_no_torch():
+    # `ijepa --help` and `ijepa COMMAND --help` stay quick: each command's code is imported only when it runs
+    code = "import sys, ijepa.cli; ijepa.cli.build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
+def _runs(parser: argparse.ArgumentParser, name: str = "ijepa") -> dict[str, str | None]:
+    """Every command and sub-command of ``parser`` with the function that runs it."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                found[f"{name} {sub_name}"] = sub.get_default("run")
+                found.update(_runs(sub, f"{name} {sub_name}"))
+    return found
+
+
+def test_every_command_names_a_function_that_exists():
+    runs = _runs(build_parser())
+    assert runs.pop("ijepa viz") is None  # alone, it prints its help
+    assert {"ijepa train", "ijepa eval", "ijepa shards", "ijepa viz predict", "ijepa train-decoder"} <= set(runs)
+    for command, target in runs.items():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), command
+
+
+def test_a_command_without_its_sub_command_prints_help(capsys):
+    assert main(["viz"]) == 0
+    assert "PICTURE" in capsys.readouterr().out
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out
 
 
 def test_console_script_runs():
@@ -50,12 +83,12 @@ def test_any_ijepa_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, cap
     assert err.startswith(f"ijepa: checkpoint error: no checkpoint at {missing}: the path does not exist")
     assert len(err.strip().splitlines()) == 1
 
-    import ijepa.interop
+    import ijepa.interop.commands
 
     def broken(*args, **kwargs):
         raise KeyError("a bug, not the user's to fix")
 
-    monkeypatch.setattr(ijepa.interop, "convert", broken)
+    monkeypatch.setattr(ijepa.interop.commands, "convert", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["convert", str(missing), str(tmp_path / "out")])
 
@@ -63,7 +96,8 @@ def test_any_ijepa_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, cap
 @pytest.mark.slow
 def test_train_then_eval_extract_and_convert(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *TINY]) == 0
+    # one epoch of 8 steps: eval, extract and convert need a trained run, not a good one
+    assert main(["train", "--out", str(run), *TINY, "data.batch_size=32", "optimization.epochs=1"]) == 0
     capsys.readouterr()
     assert main(["eval", str(run), "--protocol", "linear,knn", "--limit", "300", "--no-progress",
                  "--json", str(tmp_path / "e.json")]) == 0

@@ -64,7 +64,7 @@ def _world_model(steps: int) -> WorldModel:
     for _ in range(steps):
         idx = torch.randint(len(x), (32,), generator=g)
         masks_enc, masks_pred = sampler(32, g)
-        loss = model.loss(x[idx], masks_enc, masks_pred)
+        loss = model(x[idx], masks_enc, masks_pred)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -184,14 +184,9 @@ def test_swap_test_on_a_small_trained_model():
 
 
 def _ijepa(argv: list[str]) -> int:
-    import argparse
+    from ijepa.cli import main
 
-    from ijepa.viz.cli import register
-
-    p = argparse.ArgumentParser(prog="ijepa")
-    register(p.add_subparsers(dest="command"))
-    args = p.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_train_decoder_and_viz_predict_with_samples(tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 
@@ -14,12 +13,12 @@ from PIL import Image
 
 matplotlib.use("Agg")  # before anything touches pyplot; the viz code itself never does
 
+from ijepa.cli import main  # noqa: E402
 from ijepa.data.fashion_mnist import load_fashion_mnist  # noqa: E402
 from ijepa.interop import export  # noqa: E402
 from ijepa.masks import MaskConfig, MultiBlockMaskSampler  # noqa: E402
 from ijepa.models import build_encoder, build_predictor  # noqa: E402
 from ijepa.viz import VizError  # noqa: E402
-from ijepa.viz.cli import register  # noqa: E402
 from ijepa.viz.curves import plot_curves, read_run  # noqa: E402
 from ijepa.viz.decoder import decode_images, load_decoder, psnr, save_decoder, train_decoder  # noqa: E402
 from ijepa.viz.features import draw_features, encode, pca_feature_maps  # noqa: E402
@@ -46,11 +45,8 @@ def _one_thread():
 
 
 def _ijepa(argv: list[str]) -> int:
-    """Run a viz command the way `ijepa` will: register() on a parser, then the chosen function."""
-    p = argparse.ArgumentParser(prog="ijepa")
-    register(p.add_subparsers(dest="command"))
-    args = p.parse_args(argv)
-    return args.func(args)
+    """Run a viz command the way `ijepa` does."""
+    return main(argv)
 
 
 def _png(path) -> tuple[int, int]:
@@ -285,7 +281,7 @@ def _tiny_world_model(steps: int, lr: float = 5e-3, batch_size: int = 32):
     for _ in range(steps):
         idx = torch.randint(len(x), (batch_size,), generator=g)
         masks_enc, masks_pred = sampler(batch_size, g)
-        loss = model.loss(x[idx], masks_enc, masks_pred)
+        loss = model(x[idx], masks_enc, masks_pred)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,18 +1,23 @@
-"""The ``ijepa`` command: parse arguments, call one function, print. The only module that reads argv."""
+"""The ``ijepa`` command: the only module that reads argv. It defines the arguments; each command's parser names
+the function that runs it (``run="module:function"``), which :func:`main` imports only then, so that ``ijepa
+--help`` and ``ijepa COMMAND --help`` never import torch."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import yaml
 
 from .config import PRECISIONS, available_configs, describe, load_config
+from .data.shards.cli import build_arg_parser as add_shards_args
 from .errors import IJepaError
-from .ladder import LADDER, choose_rung, describe_ladder, rungs_from
+from .ladder import describe_ladder
+from .viz.cli import register as register_viz
 
 TRAIN_EPILOG = """\
 overrides:
@@ -34,60 +39,23 @@ DTYPE_HELP = ("the precision policy (meta.precision in training): auto = bf16 wh
               "scaler on CUDA GPUs without bf16, fp32 elsewhere; an emulated bf16/fp16 runs as asked, with a warning")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    # Each command imports what it runs here, not at the top: building the parser (`ijepa --help`) stays light.
-    from .train.loop import train
+def _train(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: the recipe imports torch, and building the parser must not.
+    from .recipes import train_command
 
     flags = [f"optimization.minutes={args.minutes}"] if args.minutes is not None else []
-    flags += [f"optimization.max_minutes={args.max_minutes}"] if args.max_minutes is not None else []
     flags += [f"meta.precision={args.dtype}"] if args.dtype else []
-    overrides = list(args.overrides) + flags
-    if args.config is not None:
-        cfg = load_config(args.config, overrides)
-        out = args.out or cfg.logging.folder or f"runs/{Path(args.config).stem}"
-        cfg.logging.folder = str(out)
-        summary = train(cfg, out)
-    else:
-        summary = _train_cpu_default(args.out, overrides, train)
+    summary = train_command(args.config, args.out, list(args.overrides) + flags)
     if summary.get("world_size", 1) == 1 or _is_rank0():
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, indent=2))
     return 0
-
-
-def _train_cpu_default(out: str | None, overrides: list[str], train) -> dict:
-    # The machine's rung, stepping down while a rung finds at start-up that its time cap would cut it short.
-    # A run folder given with --out keeps the rung it settled on (rung.json): re-running the command resumes that
-    # rung's run instead of measuring again.
-    from .errors import RecipeTooSlowError
-    from .io import atomic_write_json
-
-    rung, why = choose_rung()
-    settled = Path(out) / "rung.json" if out else None
-    if settled is not None and settled.is_file():
-        name = json.loads(settled.read_text()).get("rung")
-        rung, why = next(r for r in LADDER if r.config == name), f"{settled} says this run was started with it"
-    print(f"CPU default: {rung.config}, because {why}; --config NAME runs another", flush=True)
-    rungs = rungs_from(rung)
-    cfgs = [load_config(r.config, overrides) for r in rungs]  # a bad override fails before anything runs
-    for i, (rung, cfg) in enumerate(zip(rungs, cfgs)):
-        folder = Path(out or cfg.logging.folder or f"runs/{rung.config}")
-        cfg.logging.folder = str(folder)
-        if settled is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(settled, {"rung": rung.config, "because": why})
-        try:
-            return train(cfg, folder, min_fit=rung.min_fit if i < len(rungs) - 1 else None)
-        except RecipeTooSlowError as e:
-            why = f"{rungs[i].config} was too slow here ({e})"
-            print(f"CPU default: {rungs[i + 1].config}, because {why}", flush=True)
-    raise AssertionError("the last rung runs without min_fit, so it never steps down")
 
 
 def _is_rank0() -> bool:
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
 
 
-def _cmd_config(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> int:
     if args.keys:
         print(describe())
         return 0
@@ -102,8 +70,15 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ijepa", description="I-JEPA: pretrain, load published checkpoints, evaluate and visualise.")
+    p.set_defaults(run=None, usage=p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_config, _add_eval, _add_finetune, _add_extract, _add_convert, _add_shards,
+                _add_models, register_viz):
+        add(sub)
+    return p
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="pretrain an encoder (CPU default: Fashion-MNIST, within 15 minutes on 2 cores)",
                        description="Pretrain an I-JEPA encoder. Everything a run writes goes under --out: the "
                                    "resolved config.yaml, log.csv (one row per step), monitor.csv (collapse "
@@ -115,127 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML file or shipped config name (default: the CPU default's rung for this machine, below)")
     t.add_argument("--out", "-o", help="run folder (default: logging.folder, else runs/<config name>)")
     t.add_argument("--minutes", type=float,
-                   help="time budget (optimization.minutes): time a few steps, then train for as many steps as end "
-                        "within M minutes of wall time, every schedule annealed over them; the step count goes to "
-                        "budget.json, config.yaml and the checkpoint (a re-run resumes it, "
-                        "optimization.total_steps=N reproduces it)")
-    t.add_argument("--max-minutes", type=float,
-                   help="time cap (optimization.max_minutes): keep the configured epochs if they fit M minutes "
-                        "here, else train as many steps as fit, annealed as --minutes does (the CPU default's "
-                        "rungs set one; optimization.max_minutes=null lifts it)")
+                   help="time limit (optimization.minutes): train the configured length where it fits M minutes of "
+                        "wall time here, else as many steps as fit, re-planned from the measured steps as the run "
+                        "goes, every schedule annealed to the last step (the plan: horizon.json; a re-run resumes "
+                        "it, optimization.replay=RUN/horizon.json replays it)")
     t.add_argument("--dtype", choices=PRECISIONS, help="meta.precision: " + DTYPE_HELP)
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
-    t.set_defaults(func=_cmd_train)
+    t.set_defaults(run="ijepa.cli:_train")
 
+
+def _add_config(sub) -> None:
     c = sub.add_parser("config", help="show a resolved config, list shipped configs, or document every key",
                        description="Print the config that `ijepa train` would run (after overrides), validated.")
     c.add_argument("--config", "-c", help="YAML file or shipped config name")
     c.add_argument("--keys", action="store_true", help="every key with its default and meaning (Markdown)")
     c.add_argument("--list", action="store_true", help="names of the shipped configs")
     c.add_argument("overrides", nargs="*", metavar="key=value")
-    c.set_defaults(func=_cmd_config)
-
-    for register in _EXTRA_COMMANDS:
-        register(sub)
-    return p
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.run import evaluate, find_checkpoint, format_table, save_results
-
-    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
-    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines else []
-    results = evaluate(args.model, protocols, baselines=baselines, which=args.which, path=args.path,
-                       dataset=args.dataset, root=args.root, train_dir=args.train_dir, test_dir=args.test_dir,
-                       limit=args.limit, pooling=args.pooling, batch_size=args.batch_size,
-                       progress=not args.no_progress, attentive_epochs=args.attentive_epochs)
-    ckpt = find_checkpoint(args.model)
-    default_json = (ckpt.parent if ckpt.is_file() else Path(".")) / f"eval_{'_'.join(protocols)}.json"
-    out = save_results(results, args.json or default_json)
-    print(f"\n{results['dataset']} — {', '.join(protocols)} ({results['models']['pretrained']['source']})")
-    print(format_table(results))
-    print(f"results: {out}")
-    return 0
-
-
-def _cmd_extract(args: argparse.Namespace) -> int:
-    from .data.sources import mode_for, open_images, require
-    from .data.transforms import make_eval_transform
-    from .eval.extract import extract_feature_set, save_features
-    from .eval.run import load_model
-    from .precision import resolve_precision
-
-    require(args.dataset, args.root)  # a wrong path is one line before the model is read
-    encoder = load_model(args.model, args.which, args.path)
-    spec = encoder.input_spec
-    if args.dataset == "fashion_mnist":
-        data = open_images("fashion_mnist", args.root, split=args.split, limit=args.limit)
-        fs = extract_feature_set(encoder, data.images, pooling=args.pooling, batch_size=args.batch_size,
-                                 dtype=args.dtype)
-        fs.labels, fs.classes = data.labels, list(data.classes)
-        split = args.split
-    else:  # a folder is one split: the whole tree under --root
-        tf = make_eval_transform(spec["image_size"][0], spec["mean"], spec["std"], in_chans=spec["in_chans"])
-        data = open_images(args.dataset, args.root, split=None, transform=tf, mode=mode_for(spec["in_chans"]),
-                           limit=args.limit)
-        fs = extract_feature_set(encoder, data, pooling=args.pooling, batch_size=args.batch_size, prepare=False,
-                                 dtype=args.dtype)
-        split = None
-    fs.meta.update(dataset=args.dataset, split=split, model=str(args.model))
-    path = save_features(args.out, fs)
-    precision = resolve_precision(args.dtype, next(encoder.parameters()).device)
-    skipped = f", {len(fs.skipped)} unreadable files skipped (named in the record)" if fs.skipped else ""
-    print(f"{tuple(fs.features.shape)} features ({args.pooling} pooling, {precision}, {encoder.source}){skipped}"
-          f" -> {path}")
-    return 0
-
-
-def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .eval.finetune import FinetuneConfig, format_history, run_finetune
-
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "min_lr": args.min_lr,
-                 "layer_decay": args.layer_decay, "label_smoothing": args.label_smoothing,
-                 "weight_decay": args.weight_decay, "drop_path": args.drop_path,
-                 "warmup_epochs": args.warmup_epochs, "clip_grad": args.clip_grad, "dtype": args.dtype,
-                 "seed": args.seed}
-    cfg = FinetuneConfig(**{k: v for k, v in overrides.items() if v is not None})
-    if args.no_augment:
-        cfg.random_resized_crop = cfg.hflip = False
-    res = run_finetune(args.src, args.out, cfg=cfg, dataset=args.dataset, images_dir=args.images,
-                       root=args.root, limit=args.limit, which=args.which, path=args.path, device=args.device,
-                       export_hf=args.export_hf, val_fraction=args.val_fraction, progress=not args.no_progress)
-    print(f"\nfine-tuned {res['source']} on {res['dataset']} ({res['split']}): {res['n_train']} training, "
-          f"{res['n_val']} validation images, {cfg.epochs} epochs, {res['seconds']:.0f} s")
-    print(format_history(res))
-    print(f"val top-1: {100 * res['final_val_top1']:.2f}% (best {100 * res['best_val_top1']:.2f}% at epoch "
-          f"{res['best_epoch']})")
-    print(f"results: {Path(args.out) / 'metrics.json'}; model: {Path(args.out) / 'model'}"
-          + (f"; transformers: {res['export_hf']}" if res.get("export_hf") else ""))
-    return 0
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from .interop import convert
-
-    dst = convert(args.src, args.dst, to=args.to, which=args.which, with_predictor=args.with_predictor,
-                  path=args.path)
-    print(f"wrote {dst} ({args.to})")
-    return 0
-
-
-def _cmd_shards(args: argparse.Namespace) -> int:
-    from .data.shards import shards_command
-
-    return shards_command(args.src, args.dst, labelled=not args.unlabelled, max_count=args.max_count,
-                          max_bytes=args.max_bytes, prefix=args.prefix, shuffle_seed=args.shuffle_seed,
-                          overwrite=args.overwrite)
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    from .interop import describe as describe_models
-
-    print(describe_models())
-    return 0
+    c.set_defaults(run="ijepa.cli:_config")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -247,7 +118,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="the checkpoint file, when MODEL is a published model's name")
 
 
-def _register_eval_commands(sub) -> None:
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate an encoder: fmnist-probe, linear, k-NN, low-shot, attentive",
                        description="Evaluate frozen features. Features are extracted once per model and reused "
                                    "by every protocol; prints a table and writes JSON.")
@@ -271,8 +142,10 @@ def _register_eval_commands(sub) -> None:
     e.add_argument("--attentive-epochs", type=int, default=20)
     e.add_argument("--json", help="where to write the results (default: beside the checkpoint)")
     e.add_argument("--no-progress", action="store_true")
-    e.set_defaults(func=_cmd_eval)
+    e.set_defaults(run="ijepa.eval.commands:eval_command")
 
+
+def _add_finetune(sub) -> None:
     f = sub.add_parser("finetune", help="fine-tune an encoder end to end with a linear classification head",
                        description="Fine-tune a pretrained encoder + linear head on mean-pooled patch tokens "
                                    "(transformers' IJepaForImageClassification): AdamW, layer-wise lr decay, "
@@ -309,8 +182,10 @@ def _register_eval_commands(sub) -> None:
     f.add_argument("--export-hf", metavar="DIR", help="also write a transformers IJepaForImageClassification folder")
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     f.add_argument("--no-progress", action="store_true")
-    f.set_defaults(func=_cmd_finetune)
+    f.set_defaults(run="ijepa.eval.commands:finetune_command")
 
+
+def _add_extract(sub) -> None:
     x = sub.add_parser("extract", help="extract features to .npy or .safetensors",
                        description="Run a frozen encoder over a dataset and save pooled features (and labels).")
     _add_model_args(x)
@@ -322,8 +197,10 @@ def _register_eval_commands(sub) -> None:
     x.add_argument("--batch-size", type=int, default=256)
     x.add_argument("--dtype", choices=PRECISIONS, default="auto", help=DTYPE_HELP)
     x.add_argument("--out", "-o", required=True, help="features file: .npy (labels beside it) or .safetensors")
-    x.set_defaults(func=_cmd_extract)
+    x.set_defaults(run="ijepa.eval.commands:extract_command")
 
+
+def _add_convert(sub) -> None:
     c = sub.add_parser("convert", help="convert a checkpoint to transformers, timm or our format",
                        description="Read any format `ijepa.interop.load` reads; write a transformers IJepaModel "
                                    "folder (hf), a timm folder or .safetensors (timm), or our .safetensors export.")
@@ -333,46 +210,46 @@ def _register_eval_commands(sub) -> None:
     c.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
     c.add_argument("--with-predictor", action="store_true", help="ijepa format only: keep the predictor")
     c.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
-    c.set_defaults(func=_cmd_convert)
+    c.set_defaults(run="ijepa.interop.commands:convert_command")
 
+
+def _add_shards(sub) -> None:
     sh = sub.add_parser("shards", help="pack an image folder into WebDataset-style tar shards for training",
                         description="Pack a folder (class sub-folders, or any tree with --unlabelled) into tar "
                                     "shards with an index.json; train on them with data.dataset=shards "
                                     "data.root_path=DST. Image bytes are copied, never re-encoded.")
-    from .data.shards import build_arg_parser
-    build_arg_parser(sh)
-    sh.set_defaults(func=_cmd_shards)
+    add_shards_args(sh)
+    sh.set_defaults(run="ijepa.data.shards.writer:shards_command")
 
+
+def _add_models(sub) -> None:
     m = sub.add_parser("models", help="list the published I-JEPA checkpoints this package knows")
-    m.set_defaults(func=_cmd_models)
+    m.set_defaults(run="ijepa.interop.commands:models_command")
 
 
-def _register_viz_commands(sub) -> None:
-    from .viz.cli import register
-
-    register(sub)
-
-
-_EXTRA_COMMANDS: list = [_register_eval_commands, _register_viz_commands]
+def _load(target: str) -> Callable:
+    """``"module:function"`` -> the function, importing its module now: the one place a command's code is
+    imported, when it runs rather than when the parser is built."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
+    args = build_parser().parse_args(argv)
+    if args.run is None:  # `ijepa` or `ijepa viz` alone: what there is to run
+        args.usage.print_help()
         return 0
     try:
         if args.command != "config":  # every command that computes: fp32 on the CPU slows down on denormals
-            from .device import flush_denormals
-            flush_denormals()          # (training sets it again from meta.flush_denormal)
-        return args.func(args) or 0
+            _load("ijepa.device:flush_denormals")()  # (training sets it again from meta.flush_denormal)
+        return _load(args.run)(args) or 0
     except IJepaError as e:  # the errors we raise on purpose: one line; anything else is a bug (traceback)
         print(f"ijepa: {e.kind}: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("ijepa: interrupted", file=sys.stderr)
         return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,18 +1,17 @@
-"""The ``viz`` and ``train-decoder`` commands: argument parsing and one call each into the viz API.
+"""The arguments of the ``viz`` and ``train-decoder`` commands; what each runs is in :mod:`.commands`.
 
-``register(subparsers)`` adds them to the ``ijepa`` command. Nothing heavy is imported until a command runs,
-so building the parser stays cheap.
+``register(subparsers)`` adds them to the ``ijepa`` command. Nothing heavy is imported here (the commands' module
+is imported only when one runs), so building the parser stays cheap.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Callable
 
 from ..config import PRECISIONS
-from . import VizError, stochastic_cli
+from . import VizError
+
+KINDS = ("pixel", "stochastic")
 
 MASKS_EPILOG = """\
 examples:
@@ -22,164 +21,15 @@ examples:
 """
 
 
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Print VizError as one line (the main command prints its own user errors the same way)."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except VizError as e:
-            print(f"ijepa: error: {e}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-def _dataset(args: argparse.Namespace) -> str:
-    """--images DIR means a folder; otherwise Fashion-MNIST for 28-px grey models (--root its folder)."""
-    return "folder" if getattr(args, "images", None) else "auto"
-
-
 def _box(text: str):
+    # Imported here: --box is checked as the command line is parsed, before any model loads, and the box's
+    # parser lives with the rest of the prediction code, which imports torch.
     from .predict import parse_box
 
     try:
         return parse_box(text)
     except VizError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
-
-
-# ------------------------------------------------------------------------------------------------- commands
-
-
-def cmd_masks(args: argparse.Namespace) -> int:
-    from .features import save_figure
-    from .masks import draw_masks, mask_batch
-
-    mb = mask_batch(args.config, args.overrides, n=args.n, seed=args.seed)
-    fig = draw_masks(mb.images, mb.masks_enc, mb.masks_pred, mb.grid_size, mb.patch_size, ncols=args.ncols,
-                     title=mb.title)
-    print(f"{mb.title}\nwrote {save_figure(fig, args.out)}")
-    return 0
-
-
-def cmd_curves(args: argparse.Namespace) -> int:
-    from .curves import plot_curves
-    from .features import save_figure
-
-    print(f"wrote {save_figure(plot_curves(args.run_dir), args.out)}")
-    return 0
-
-
-def cmd_features(args: argparse.Namespace) -> int:
-    from ..interop import load
-    from .features import feature_figure, load_images, save_figure
-
-    encoder = load(args.model, which=args.which, path=args.path)
-    spec = encoder.input_spec
-    data = {"dataset": _dataset(args), "root": args.images or args.root, "split": args.split}
-    shown = load_images(spec, args.n, seed=args.seed, **data)
-    fit = None
-    if args.fit:
-        fit = load_images(spec, args.fit, seed=args.seed + 1, exclude=shown.indices, **data)
-    title = (f"{getattr(encoder, 'source', args.model)} — patch-token PCA, "
-             f"{'per-position mean removed' if args.center == 'position' else 'plain'}, fit on "
-             f"{args.n + (args.fit or 0)} images")
-    fig, maps = feature_figure(encoder, shown, fit=fit, threshold=args.threshold, upsample=args.upsample,
-                               center=args.center, title=title)
-    print(f"PC1 explains {100 * maps.explained_pc1:.1f}% of the variance; threshold {maps.threshold:.4g}; "
-          f"{100 * maps.foreground.mean():.0f}% of the shown patches are foreground")
-    print(f"wrote {save_figure(fig, args.out)}")
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .decoder import load_decoder
-    from .features import load_images, save_figure
-    from .predict import (
-        box_specificity,
-        build_gallery,
-        draw_predictions,
-        load_world_model,
-        mask_config_of,
-        render_predictions,
-        sample_boxes,
-    )
-
-    wm = load_world_model(args.model, args.path)
-    spec = wm.target_encoder.input_spec
-    root, dataset = args.images or args.root, _dataset(args)
-    shown = load_images(spec, args.n, dataset=dataset, root=root, split=args.split, seed=args.seed)
-    # The gallery comes from the training split (Fashion-MNIST) and never holds a shown image.
-    same_pool = args.images is not None or args.split == "train"
-    gal_set = load_images(spec, args.gallery, dataset=dataset, root=root, split="train", seed=args.seed + 1,
-                          exclude=shown.indices if same_pool else ())
-    gallery = build_gallery(wm.target_encoder, gal_set.images, gal_set.indices)
-    decoder = info = None
-    if args.decoder:
-        decoder, info = load_decoder(args.decoder)
-    mask_cfg = mask_config_of(args.model)
-    boxes = [args.box] * args.n if args.box else sample_boxes(wm.grid_size, args.n, args.seed, mask_cfg)
-    rendered = render_predictions(wm, shown.images, boxes, gallery=gallery, decoder=decoder,
-                                  same_position=args.same_position)
-    title = (f"{args.model} ({wm.source}): context encoder + predictor fill the red box\n"
-             f"retrieval: nearest target-encoder patches of {len(gal_set.images)} training images")
-    st = (info or {}).get("stats") or {}
-    if st:
-        title += (f"; decoder: {st['val_psnr']:.1f} dB PSNR on held-out images "
-                  f"(mean image {st['mean_image_psnr']:.1f} dB)")
-    if not args.stochastic_decoder:  # with one, --out is the picture of samples (below)
-        print(f"wrote {save_figure(draw_predictions(rendered, names=shown.names, title=title), args.out)}")
-    probe = probe_boxes = None
-    if args.measure:
-        probe = load_images(spec, args.measure, dataset=dataset, root=root, split=args.split, seed=args.seed + 2,
-                            exclude=gal_set.indices if same_pool else ())
-        probe_boxes = ([args.box] * args.measure if args.box
-                       else sample_boxes(wm.grid_size, args.measure, args.seed + 2, mask_cfg))
-        m = box_specificity(wm, probe.images, probe_boxes, decoder=decoder, gallery=gallery)
-        print(f"box specificity over {args.measure} images (own prediction vs another image's, same box):")
-        print(json.dumps({k: round(v, 5) for k, v in m.items()}, indent=2))
-    if args.stochastic_decoder:
-        judge = None  # the semantic test's classifier trains on real training images (labelled datasets only)
-        if probe is not None and dataset != "folder":
-            judge = load_images(spec, args.judge_images, dataset=dataset, root=root, split="train", seed=args.seed + 3)
-        stochastic_cli.predict(args, wm, shown, boxes, decoder, probe, probe_boxes, judge)
-    return 0
-
-
-def cmd_train_decoder(args: argparse.Namespace) -> int:
-    from ..interop import load
-    from .decoder import save_decoder, train_decoder
-    from .features import load_images
-
-    encoder = load(args.model, which=args.which, path=args.path)
-    spec = encoder.input_spec
-    root, dataset = args.images or args.root, _dataset(args)
-    folder = args.images is not None
-    train = load_images(spec, args.train_images, dataset=dataset, root=root, split="train", seed=args.seed)
-    # held out: the test split, or for a folder the images not drawn for training
-    val = load_images(spec, args.val_images, dataset=dataset, root=root, split="train" if folder else "test",
-                      seed=args.seed + 1, exclude=train.indices if folder else ())
-    minutes = args.minutes if args.minutes is not None or args.steps is not None else 3.0
-    if args.kind == "stochastic":
-        from .predict import mask_config_of
-
-        return stochastic_cli.train(args, encoder, train.images, val.images, mask_config_of(args.model), minutes)
-    print(f"training a pixel decoder on {len(train.images)} images' {getattr(encoder, 'source', args.model)} "
-          f"features ({f'{args.steps} steps' if args.steps else f'{minutes} min'})", flush=True)
-    decoder, stats = train_decoder(encoder, train.images, val_images=val.images, steps=args.steps, minutes=minutes,
-                                   batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
-                                   depth=args.depth if args.depth is not None else 2,
-                                   seed=args.seed, log=lambda m: print(m, flush=True), log_every=args.log_every,
-                                   dtype=args.dtype or "fp32")
-    path = save_decoder(decoder, args.out, input_spec=spec, source=str(getattr(encoder, "source", args.model)),
-                        stats=stats)
-    print(f"{stats.steps} steps ({stats.precision}) in {stats.seconds:.0f} s; held-out PSNR {stats.val_psnr:.2f} dB "
-          f"(the mean image: {stats.mean_image_psnr:.2f} dB) on {stats.val_images} images\nwrote {path}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------- parsers
 
 
 def _model_args(p: argparse.ArgumentParser, which: bool = True) -> None:
@@ -205,9 +55,14 @@ def register(subparsers) -> None:
                                           "curves (curves), patch-feature PCA maps (features), and the "
                                           "predictor's predictions rendered as pixels (predict). See "
                                           "docs/visualisation.md.")
+    v.set_defaults(run=None, usage=v)  # `ijepa viz` alone prints its help
     vs = v.add_subparsers(dest="viz_command", metavar="PICTURE")
-    v.set_defaults(func=lambda _args: v.print_help() or 0)
+    for add in (_add_masks, _add_curves, _add_features, _add_predict):
+        add(vs)
+    _add_train_decoder(subparsers)
 
+
+def _add_masks(vs) -> None:
     m = vs.add_parser("masks", help="training crops with the context and target blocks the sampler draws",
                       description="Draw a config's masks over its training crops, straight from the real crop "
                                   "transform and MultiBlockMaskSampler: context tinted blue, each target block "
@@ -219,14 +74,18 @@ def register(subparsers) -> None:
     m.add_argument("--n", type=int, default=8, help="images (default 8)")
     m.add_argument("--ncols", type=int, default=4, help="images per row")
     m.add_argument("--seed", type=int, default=0, help="fixes the images, crops and masks")
-    m.set_defaults(func=_guard(cmd_masks))
+    m.set_defaults(run="ijepa.viz.commands:masks_command")
 
+
+def _add_curves(vs) -> None:
     c = vs.add_parser("curves", help="loss, lr, wd, EMA momentum, RankMe, target std, k-NN against step",
                       description="Plot a run folder's log.csv and monitor.csv against the training step.")
     c.add_argument("run_dir", help="a run folder (the --out of `ijepa train`)")
     c.add_argument("--out", "-o", required=True, help="PNG to write")
-    c.set_defaults(func=_guard(cmd_curves))
+    c.set_defaults(run="ijepa.viz.commands:curves_command")
 
+
+def _add_features(vs) -> None:
     f = vs.add_parser("features", help="PCA of patch features as RGB maps beside each image",
                       description="DINO-style: PCA over the patch tokens, PC1 thresholded (Otsu) as foreground, "
                                   "PCA of the foreground tokens to RGB, upsampled to the image.")
@@ -242,8 +101,10 @@ def register(subparsers) -> None:
     f.add_argument("--threshold", type=float, help="PC1 foreground threshold (default: Otsu's)")
     f.add_argument("--upsample", default="bilinear", choices=["bilinear", "nearest"])
     f.add_argument("--seed", type=int, default=0)
-    f.set_defaults(func=_guard(cmd_features))
+    f.set_defaults(run="ijepa.viz.commands:features_command")
 
+
+def _add_predict(vs) -> None:
     p = vs.add_parser("predict", help="hide a box, predict it, render the prediction (retrieval, decoder)",
                       description="The predictor as a world model: for each image the context encoder sees every "
                                   "patch outside a box, the predictor predicts the box's representations, shown by "
@@ -267,9 +128,23 @@ def register(subparsers) -> None:
     p.add_argument("--judge-images", type=int, default=6000,
                    help="with --stochastic-decoder and --measure: training images of the semantic test's classifier")
     p.add_argument("--judge-steps", type=int, default=600, help="its training steps (batch 128)")
-    stochastic_cli.add_predict_args(p)
-    p.set_defaults(func=_guard(cmd_predict))
+    _add_sample_args(p)
+    p.set_defaults(run="ijepa.viz.commands:predict_command")
 
+
+def _add_sample_args(p: argparse.ArgumentParser) -> None:
+    """``viz predict``'s options for a stochastic decoder."""
+    p.add_argument("--stochastic-decoder", metavar="FILE",
+                   help="a decoder from `ijepa train-decoder --kind stochastic`: the picture shows --samples samples "
+                        "of each prediction, and --measure adds the sample figures")
+    p.add_argument("--samples", type=int, default=4, help="samples per box with --stochastic-decoder (default 4)")
+    p.add_argument("--sample-steps", type=int, default=24, help="sampling steps per sample (default 24)")
+    p.add_argument("--device", default="auto", help="where the samples are drawn: cpu, cuda or auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="the precision policy's choice for the samples (auto: bf16 where native)")
+
+
+def _add_train_decoder(subparsers) -> None:
     t = subparsers.add_parser("train-decoder", help="train a pixel decoder on frozen target-encoder features",
                               description="Train a small decoder (per-token MLP, convolutions over the token grid, "
                                           "pixel convolutions; L1 loss) from the target encoder's layer-normed "
@@ -293,5 +168,16 @@ def register(subparsers) -> None:
                         "native, fp16 with a gradient scaler on CUDA without bf16); default fp32 for --kind pixel "
                         "(comparable across machines), auto for --kind stochastic")
     t.add_argument("--seed", type=int, default=0)
-    stochastic_cli.add_train_args(t)
-    t.set_defaults(func=_guard(cmd_train_decoder))
+    _add_stochastic_args(t)
+    t.set_defaults(run="ijepa.viz.commands:train_decoder_command")
+
+
+def _add_stochastic_args(t: argparse.ArgumentParser) -> None:
+    """``train-decoder``'s options for the decoder's kind, and a stochastic decoder's own."""
+    t.add_argument("--kind", default="pixel", choices=KINDS,
+                   help="pixel: the deterministic decoder (default); stochastic: a conditional generative decoder "
+                        "that draws samples (`viz predict --stochastic-decoder`), see docs/visualisation.md")
+    t.add_argument("--process", default="flow", choices=["flow", "ddpm"],
+                   help="stochastic: flow matching (default) or DDPM with DDIM sampling (needs ijepa[diffusion])")
+    t.add_argument("--pixel-channels", type=int, default=16, help="stochastic: channels at pixel level")
+    t.add_argument("--device", default="auto", help="stochastic: cpu, cuda, cuda:1 or auto")
