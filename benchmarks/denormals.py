@@ -5,8 +5,9 @@
 Trains ``--steps`` steps twice, each in a fresh subprocess (``meta.flush_denormal=false``, the reference, then
 ``true``), and prints the mean step time over each fifth of the run and each fifth's ratio against the reference:
 without flushing, fp32 steps on the CPU slow down as training goes on (values below 1.2e-38 appear in the
-activations and gradients, and x86 handles them in microcode). Run it under ``bash scripts/as-avx2.sh`` to see an
-AVX2-only CPU.
+activations and gradients, and x86 handles them in microcode). Both runs drop the config's time limit
+(``optimization.minutes=null``): a slower run cut short by it would leave fifths of different steps to compare.
+Run it under ``bash scripts/as-avx2.sh`` to see an AVX2-only CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 def run(flush: bool, steps: int, config: str, overrides: list[str], out: Path) -> list[float]:
     cmd = [sys.executable, "-m", "ijepa", "train", "--config", config, "--out", str(out),
-           f"optimization.total_steps={steps}", f"meta.flush_denormal={str(flush).lower()}",
+           f"optimization.total_steps={steps}", "optimization.minutes=null",
+           f"meta.flush_denormal={str(flush).lower()}",
            "logging.progress=false", "logging.online_knn=false", "logging.monitor_freq=0", *overrides]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out / "log.csv") as f:

@@ -8,8 +8,9 @@ One encoder is built with random weights and exported with ``ijepa.interop.expor
 and a timm folder, which are loaded back by the libraries themselves (``IJepaModel.from_pretrained`` with
 ``attn_implementation="sdpa"``, ``timm.create_model("local-dir:DIR", pretrained=True)``), so all three compute
 the same function; the script checks they agree on one batch before timing anything. Each timed batch is one
-forward pass returning the last layer's patch tokens (B, N, D) under ``torch.inference_mode()`` (and bf16
-autocast for all three with ``--dtype bf16``). The three models take turns batch by batch, in a rotating order,
+forward pass returning the last layer's patch tokens (B, N, D) under ``torch.inference_mode()``, ours through
+``ijepa.models.vit.inference_forward`` as extraction runs it (on the CPU, its blocks on slices of the batch); with
+``--dtype bf16`` all three run under bf16 autocast. The three models take turns batch by batch, in a rotating order,
 so a slow stretch of a shared machine hits all of them alike; the figure is the median over the timed batches
 after warm-up. Prints a table and the ratios ours/transformers and ours/timm, and writes JSON to ``--json``.
 """
@@ -66,7 +67,7 @@ def build_models(args: argparse.Namespace, workdir: Path, device: torch.device
     import transformers
 
     from ijepa.interop import export
-    from ijepa.models.vit import build_encoder
+    from ijepa.models.vit import CPU_CHUNK_TOKENS, build_encoder, inference_forward
 
     torch.manual_seed(args.seed)
     ours = build_encoder(args.arch, args.patch, args.img).eval()
@@ -82,12 +83,13 @@ def build_models(args: argparse.Namespace, workdir: Path, device: torch.device
     tm = timm.create_model(f"local-dir:{timm_dir}", pretrained=True).eval()
     ours, hf, tm = ours.to(device), hf.to(device), tm.to(device)
     fns = {
-        "ours": lambda x: ours(x),
+        "ours": lambda x: inference_forward(ours, x),  # as ``ijepa extract`` / ``ijepa eval`` run it
         "transformers": lambda x: hf(pixel_values=x).last_hidden_state,
         "timm": lambda x: tm.forward_features(x),
     }
     notes = {
-        "ours": "F.scaled_dot_product_attention (fused qkv)",
+        "ours": "F.scaled_dot_product_attention (fused qkv)"
+                + (f"; blocks on slices of {CPU_CHUNK_TOKENS} tokens" if device.type == "cpu" else ""),
         "transformers": f"attn_implementation={hf.config._attn_implementation!r}",
         "timm": f"fused_attn={getattr(tm.blocks[0].attn, 'fused_attn', None)} (F.scaled_dot_product_attention)",
     }

@@ -128,8 +128,10 @@ class Step:
     """The project's training step (``IJEPA`` and ``train_step``, as ``train`` runs them), built from a config:
     ``step(images, masks, i)`` runs one."""
 
-    def __init__(self, cfg, device: torch.device, bf16: bool, compile_backend: str | None = None, seed: int = 0):
+    def __init__(self, cfg, device: torch.device, dtype: str, compile_backend: str | None = None, seed: int = 0):
         from ijepa.masks import MultiBlockMaskSampler
+        from ijepa.precision import Precision
+        from ijepa.train.horizon import Horizon
         from ijepa.train.ijepa import IJEPA
         from ijepa.train.loop import TrainState
         from ijepa.train.schedules import Schedules
@@ -139,9 +141,15 @@ class Step:
         spec = {"image_size": (c, c), "in_chans": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3}
         self.model = IJEPA.from_config(cfg, spec).to(device)
         opt = self.model.configure_optimizer(cfg.optimization, device.type)
-        forward = self.model.compiled(backend=compile_backend) if compile_backend else None
-        self.state = TrainState(self.model, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
-                                cfg.optimization.clip_grad, forward)
+        forward = self.model.compiled(backend=compile_backend) if compile_backend else self.model
+        # The dtype is fixed, not resolved: the check compares fp32 with bf16 and times bf16 as the reference
+        # trains, whatever the policy would pick here (the --smoke run's CPU may emulate bf16).
+        precision = Precision(dtype, device.type, "fixed by the check")
+        # A run of 1000 steps per epoch over the config's epochs: the schedules' values at the few steps timed
+        # here are those of early training (warm-up included), as in a real run.
+        schedules = Schedules.from_config(cfg.optimization, 1000, Horizon(cfg.optimization.epochs * 1000))
+        self.state = TrainState(self.model, forward, opt, precision.grad_scaler(), schedules, precision,
+                                cfg.optimization.clip_grad)
         self.sampler = MultiBlockMaskSampler(self.model.grid_size, cfg.mask)
         self.device, self.crop = device, c
         self.params = sum(p.numel() for p in self.model.encoder.parameters())
@@ -210,7 +218,7 @@ def sec_train(sh: Shapes, rec: Recorder, args: dict) -> None:
     while batch >= 1:
         try:
             cfg = reference_config(sh, arch, patch, img, batch)
-            step = Step(cfg, dev, True, sh.compile_backend if compiled else None)
+            step = Step(cfg, dev, "bf16", sh.compile_backend if compiled else None)
             x, masks = step.images(batch), step.masks(batch, 0)
             rec.update(batch=batch, params=step.params, context_tokens=int(masks[0][0].shape[1]),
                        target_tokens=int(masks[1][0].shape[1]))
@@ -265,7 +273,7 @@ def sec_maxbatch(sh: Shapes, rec: Recorder, _: dict) -> None:
     arch, patch, img = sh.maxbatch
     dev = torch.device(sh.device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    step = Step(reference_config(sh, arch, patch, img, sh.maxbatch_start), dev, True)
+    step = Step(reference_config(sh, arch, patch, img, sh.maxbatch_start), dev, "bf16")
     rec.update(arch=arch, patch=patch, img=img, tries=[], limit=sh.maxbatch_limit)
     ok, bad, b = 0, None, sh.maxbatch_start
     while bad is None and b <= sh.maxbatch_limit:  # double until a step does not fit
@@ -297,8 +305,8 @@ def sec_precision(sh: Shapes, rec: Recorder, _: dict) -> None:
     torch.backends.cudnn.allow_tf32 = False
     cfg = reference_config(sh, arch, patch, img, batch, ["optimization.warmup=1", "optimization.epochs=2"])
     losses = {}
-    for name, bf16 in (("fp32", False), ("bf16", True)):
-        step = Step(cfg, dev, bf16, seed=0)
+    for name in ("fp32", "bf16"):
+        step = Step(cfg, dev, name, seed=0)
         # smooth images: a random low-resolution field upsampled, so there is something to predict
         g = torch.Generator().manual_seed(1)
         low = torch.randn(sh.precision_steps, batch, 3, max(2, img // 16), max(2, img // 16), generator=g)
@@ -378,7 +386,7 @@ def sec_loader(sh: Shapes, rec: Recorder, _: dict) -> None:
     dev = torch.device(sh.device)
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_loader_"))
     try:
-        from ijepa.data.shards import write_shards
+        from ijepa.data.shards.writer import write_shards
         t = time.perf_counter()
         train = make_jpegs(tmp, sh.loader_images, processes=sh.workers + 1)
         shards = tmp / "shards"

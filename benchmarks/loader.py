@@ -43,7 +43,8 @@ from PIL import Image
 from ijepa.data.datasets import ImageFolderDataset, collate_skip_corrupt
 from ijepa.data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, decode_file, default_max_size
 from ijepa.data.loader import build_loader
-from ijepa.data.shards import ShardDataset, build_shard_loader, write_shards
+from ijepa.data.shards.reader import ShardDataset, build_shard_loader
+from ijepa.data.shards.writer import write_shards
 from ijepa.data.transforms import make_pretrain_transform
 
 IMAGE_SIZES = ((375, 500), (500, 375))  # (h, w): ImageNet's commonest, landscape and portrait

@@ -19,7 +19,6 @@ import torch
 from ijepa.config import load_config
 from ijepa.eval.extract import extract_features
 from ijepa.eval.linear import fmnist_probe
-from ijepa.models.vit import CPU_CHUNK_TOKENS
 from ijepa.train.ijepa import IJEPA
 from ijepa.train.loop import train
 from ijepa.train.monitor import rankme
@@ -55,7 +54,6 @@ def main() -> None:
     enc, tgt = model.encoder, model.target_encoder
     tgt.load_state_dict(ckpt["target_encoder"])
     enc.load_state_dict(ckpt["encoder"])
-    enc.cpu_chunk_tokens = tgt.cpu_chunk_tokens = CPU_CHUNK_TOKENS  # extraction's default, not training's
     t1 = time.perf_counter()
     tgt_acc, tgt_rank = probe(tgt)
     ctx_acc = None if args.target_only else probe(enc)[0]

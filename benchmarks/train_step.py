@@ -64,12 +64,15 @@ def worker(args: argparse.Namespace) -> dict:
     from ijepa.config import load_config
     from ijepa.data.transforms import BatchRandomResizedCrop
     from ijepa.masks import MaskConfig, MultiBlockMaskSampler
+    from ijepa.precision import Precision
+    from ijepa.train.horizon import Horizon
     from ijepa.train.ijepa import IJEPA
     from ijepa.train.loop import TrainState, train_step
     from ijepa.train.schedules import Schedules
 
     device = torch.device(args.device)
-    bf16 = args.dtype == "bf16"
+    # The parent resolved the dtype (and warned about an emulated one); the worker runs exactly that.
+    precision = Precision(args.dtype, device.type, "as asked")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cfg = load_config(None, [f"meta.model_name={args.arch}", f"mask.patch_size={args.patch}",
                              f"data.crop_size={args.img}", f"data.in_chans={args.chans}", "data.mean=null",
@@ -81,8 +84,10 @@ def worker(args: argparse.Namespace) -> dict:
             "std": (0.5,) * args.chans}
     model = IJEPA.from_config(cfg, spec).to(device)
     opt = model.configure_optimizer(cfg.optimization, device.type)
-    state = TrainState(model, opt, Schedules.from_config(cfg.optimization, 1000), device, bf16,
-                       forward=model.compiled() if args.compile else None)
+    # 1000 steps per epoch over the config's epochs: the few steps timed see early training's schedule values.
+    schedules = Schedules.from_config(cfg.optimization, 1000, Horizon(cfg.optimization.epochs * 1000))
+    state = TrainState(model, model.compiled() if args.compile else model, opt, precision.grad_scaler(), schedules,
+                       precision, cfg.optimization.clip_grad)
     sampler = MultiBlockMaskSampler(model.grid_size, MaskConfig(min_keep=4))
     crop = BatchRandomResizedCrop(args.img, scale=(0.3, 1.0))
     raw = torch.randint(0, 256, (args.batch, args.chans, args.img, args.img), dtype=torch.uint8)
@@ -96,7 +101,8 @@ def worker(args: argparse.Namespace) -> dict:
         x = crop(raw.to(device), torch.Generator().manual_seed(i))
         m = masks
         if args.fresh_masks:
-            m = sampler(args.batch, torch.Generator().manual_seed(1000 + i))
+            enc, pred = sampler(args.batch, torch.Generator().manual_seed(1000 + i))
+            m = ([t.to(device) for t in enc], [t.to(device) for t in pred])  # sampled on the CPU, as in training
         train_step(state, x, *m, i)
 
     for i in range(args.warmup):
@@ -134,8 +140,7 @@ def worker(args: argparse.Namespace) -> dict:
     with FlopCounterMode(display=False) as fc:
         train_step(state, crop(raw.to(device), g), *masks, 0)
     flops_per_image = fc.get_total_flops() / args.batch
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    peak = matmul_peak(dtype, device)
+    peak = matmul_peak(precision.dtype, device)
     if device.type == "cuda":
         mem = torch.cuda.max_memory_allocated() / 2**20
     else:
