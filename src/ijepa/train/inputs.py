@@ -23,7 +23,7 @@ from ..config import DataConfig
 from ..data.datasets import read_sample
 from ..data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, default_max_size
 from ..data.loader import InMemoryBatches, build_loader
-from ..data.shards import ShardDataset, build_shard_loader
+from ..data.shards.reader import ShardDataset, build_shard_loader
 from ..data.sources import first, mode_for, normalisation, open_images, require
 from ..data.transforms import (
     BatchRandomResizedCrop,
