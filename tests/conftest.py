@@ -1,7 +1,17 @@
-"""What several test files share: the tiny training run (``from conftest import TINY, cfg_with``; pytest puts this
-folder on ``sys.path``, as the tests have no ``__init__.py``)."""
+"""What several test files share: the tiny training run, the mask tests' helpers and the tiny random-weight models and
+reference checkpoint of the interop tests (``from conftest import TINY, cfg_with``; pytest puts this folder on
+``sys.path``, as the tests have no ``__init__.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
 
 from ijepa.config import Config, load_config
+from ijepa.masks import MaskConfig
+from ijepa.models.predictor import VisionTransformerPredictor
+from ijepa.models.vit import VisionTransformer
 
 # Overrides of the CPU default (fmnist_cpu) for a run whose steps take milliseconds: the tests are about the loop,
 # not the learning. The default's time limit is off, so a run's length is the steps a test sets, on any machine;
@@ -16,3 +26,55 @@ TINY = ("data.limit=256", "data.batch_size=16", "meta.model_name=vit_tiny", "met
 def cfg_with(*extra: str) -> Config:
     """The tiny run's config with ``extra`` overrides applied after :data:`TINY` (a later key wins)."""
     return load_config(None, [*TINY, *extra])
+
+
+# ---------------------------------------------------------------- masks (test_masks, test_masks_reference)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def small_grid_cfg(**kw) -> MaskConfig:
+    """min_keep=4 (the reference class's default): at 8x8 the recipe's min_keep=10 can hang the reference."""
+    return MaskConfig(**{"min_keep": 4, **kw})
+
+
+def rows_cols(ids: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return ids // width, ids % width
+
+
+# ---------------------------------------------------------------- checkpoints (test_interop, test_hub)
+
+TINY_VIT = dict(embed_dim=192, depth=4, num_heads=3)  # as test_interop's _hf_model builds, so the two can be compared
+
+
+def tiny_vit(seed: int = 0, **kw) -> VisionTransformer:
+    """A :data:`TINY_VIT` encoder at 224 px, patch 16 (``kw`` overrides), with random weights."""
+    torch.manual_seed(seed)
+    args = dict(img_size=224, patch_size=16, **TINY_VIT)
+    args.update(kw)
+    enc = VisionTransformer(**args).eval()
+    with torch.no_grad():  # non-trivial norms, so a swapped or dropped LayerNorm cannot pass unnoticed
+        for name, p in enc.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return enc
+
+
+def tiny_predictor(enc: VisionTransformer, seed: int = 1) -> VisionTransformerPredictor:
+    torch.manual_seed(seed)
+    return VisionTransformerPredictor(enc.grid_size, enc.embed_dim, predictor_embed_dim=96, depth=2,
+                                      num_heads=enc.num_heads).eval()
+
+
+def reference_file(path: Path, ctx: VisionTransformer, tgt: VisionTransformer,
+                   pred: VisionTransformerPredictor) -> Path:
+    """A checkpoint in the reference's ``.pth.tar`` layout: its keys, DDP's ``module.`` prefix, its bookkeeping."""
+    prefixed = lambda m: {"module." + k: v.clone() for k, v in m.state_dict().items()}
+    torch.save({
+        "encoder": prefixed(ctx), "predictor": prefixed(pred), "target_encoder": prefixed(tgt),
+        "opt": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
+        "scaler": None, "epoch": 300, "loss": 0.123, "batch_size": 128, "world_size": 16, "lr": 1e-3,
+    }, path)
+    return path

@@ -1,5 +1,6 @@
 """Weights by name, offline: a Hugging Face Hub repo id read from a pre-filled local Hub cache with HF_HUB_OFFLINE=1,
-and a published reference checkpoint downloaded once from a file server on 127.0.0.1 standing in for its URL."""
+the registry of the published reference checkpoints, and a published checkpoint downloaded once from a file server on
+127.0.0.1 standing in for its URL."""
 
 import functools
 import http.server
@@ -9,14 +10,18 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+import yaml
+from conftest import reference_file, tiny_predictor, tiny_vit
 
 from ijepa import interop
-from ijepa.errors import CheckpointError, CheckpointNotFoundError
+from ijepa.errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
 from ijepa.interop import hub, registry
 from ijepa.models.predictor import VisionTransformerPredictor
 from ijepa.models.vit import VisionTransformer
@@ -96,6 +101,58 @@ def test_without_huggingface_hub_the_error_names_the_extra(monkeypatch):
         interop.load("acme/anything")
 
 
+# ------------------------------------------------------------------------------------------ registry
+
+
+def test_registry_matches_the_shipped_configs() -> None:
+    assert set(registry.PUBLISHED) == {"vith14-in1k", "vith16-448-in1k", "vith14-in22k", "vitg16-in22k"}
+    for m in registry.PUBLISHED.values():
+        cfg = yaml.safe_load((files("ijepa") / "configs" / f"{m.config}.yaml").read_text())
+        assert cfg["meta"]["model_name"] == m.arch and cfg["mask"]["patch_size"] == m.patch_size
+        assert cfg["data"]["crop_size"] == m.resolution and cfg["optimization"]["epochs"] == m.epochs
+        assert (cfg["meta"]["pred_depth"], cfg["meta"]["pred_emb_dim"]) == (m.pred_depth, m.pred_emb_dim)
+        assert m.url == "https://dl.fbaipublicfiles.com/ijepa/" + m.filename
+        with torch.device("meta"):
+            enc = VisionTransformer(**m.encoder_arch())
+        assert enc.grid_size == (m.resolution // m.patch_size,) * 2
+    assert registry.get("vit_giant_patch16_gap_224.in22k_ijepa").name == "vitg16-in22k"
+    assert "IN1K-vit.h.16-448px-300e.pth.tar" in interop.describe()
+
+
+def test_registry_load_warns_on_name_and_builds_the_registry_arch(tmp_path: Path, monkeypatch) -> None:
+    enc = tiny_vit(depth=2)
+    f = reference_file(tmp_path / "renamed.pth.tar", enc, enc, tiny_predictor(enc))
+    with pytest.warns(UserWarning) as caught, \
+            pytest.raises(CheckpointMismatchError, match=r"embed_dim=1280, depth=32"):
+        interop.load("vith14-in1k", path=f)
+    said = " | ".join(str(w.message) for w in caught)
+    assert "not the published file name" in said and "is 0.01 GB; vith14-in1k's full checkpoint" in said
+    monkeypatch.setenv("IJEPA_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("IJEPA_OFFLINE", "1")  # else the missing file is downloaded (see below)
+    with pytest.raises(CheckpointNotFoundError, match="IN1K-vit.h.14-300e.pth.tar"):
+        interop.load("vith14-in1k")
+
+
+def test_registry_entry_builds_encoder_and_predictor(tmp_path: Path, monkeypatch) -> None:
+    # A registry entry of a tiny size, so that a file which fits it can be written here.
+    tiny = registry.PublishedModel("tiny-test", "vit_tiny", 16, 224, "nothing", 1, "tiny.pth.tar", 0.1, 2, 96,
+                                   "fmnist_cpu", "none")
+    monkeypatch.setitem(registry.PUBLISHED, "tiny-test", tiny)
+    with torch.device("meta"):
+        probe = VisionTransformer(**tiny.encoder_arch())
+    torch.manual_seed(0)
+    enc = VisionTransformer(**tiny.encoder_arch()).eval()
+    pred = VisionTransformerPredictor(**tiny.predictor_arch()).eval()
+    assert probe.arch_dict() == enc.arch_dict()
+    f = reference_file(tmp_path / "tiny.pth.tar", enc, enc, pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # right name, plausible size: nothing to warn about
+        got, got_pred = interop.load("tiny-test", path=f, with_predictor=True)
+    assert got.source == "tiny-test: reference .pth.tar (epoch 300): target_encoder"
+    assert got.depth == 12 and got_pred.depth == 2 and got_pred.num_heads == 3
+    assert got.input_spec["mean"] == (0.485, 0.456, 0.406)
+
+
 # ------------------------------------------------------------------------------------------ reference download
 
 
@@ -117,11 +174,7 @@ TINY_ARCH = {"encoder": dict(img_size=32, patch_size=8, embed_dim=64, depth=2, n
 def _reference_checkpoint(path: Path) -> tuple[VisionTransformer, VisionTransformer]:
     torch.manual_seed(0)
     ctx, tgt = VisionTransformer(**TINY_ARCH["encoder"]), VisionTransformer(**TINY_ARCH["encoder"])
-    pred = VisionTransformerPredictor(**TINY_ARCH["predictor"])
-    prefixed = lambda m: {"module." + k: v for k, v in m.state_dict().items()}
-    torch.save({"encoder": prefixed(ctx), "target_encoder": prefixed(tgt), "predictor": prefixed(pred),
-                "opt": {"state": {}, "param_groups": []}, "scaler": None, "epoch": 300, "loss": 0.1,
-                "batch_size": 128, "world_size": 16, "lr": 1e-3}, path)
+    reference_file(path, ctx, tgt, VisionTransformerPredictor(**TINY_ARCH["predictor"]))
     return ctx.eval(), tgt.eval()
 
 
@@ -151,6 +204,49 @@ def test_a_published_name_downloads_its_file_once_then_reads_the_cache(tmp_path,
         with torch.no_grad():
             assert torch.equal(first(x), tgt(x)) and torch.equal(second(x), tgt(x))
         assert pred.depth == 1 and first.source.startswith("vith14-in1k: reference .pth.tar")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; ``short.pth.tar`` promises more bytes than it sends (a connection cut mid-download)."""
+
+    def do_GET(self):  # noqa: N802 (the base class's name)
+        if not self.path.endswith("short.pth.tar"):
+            return super().do_GET()
+        body = b"x" * 1000
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) + 500))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_download_from_a_local_stand_in(tmp_path: Path, monkeypatch) -> None:
+    served, cache = tmp_path / "served", tmp_path / "cache"
+    served.mkdir()
+    payload = os.urandom(3 << 20)  # several read chunks
+    (served / "tiny.pth.tar").write_bytes(payload)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(registry, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        for name in ("tiny", "short", "gone"):
+            monkeypatch.setitem(registry.PUBLISHED, f"{name}-test", registry.PublishedModel(
+                f"{name}-test", "vit_tiny", 16, 224, "nothing", 1, f"{name}.pth.tar", 0.1, 2, 96, "fmnist_cpu",
+                "none"))
+        got = interop.download("tiny-test", cache, progress=False)
+        assert got == cache / "tiny.pth.tar" and got.read_bytes() == payload
+        (served / "tiny.pth.tar").unlink()
+        assert interop.download("tiny-test", cache) == got  # already there: not fetched again
+        with pytest.raises(CheckpointError, match="stopped after 1000 of 1500 bytes"):
+            interop.download("short-test", cache, progress=False)
+        with pytest.raises(OSError, match="404"):
+            interop.download("gone-test", cache, progress=False)
+        assert sorted(p.name for p in cache.iterdir()) == ["tiny.pth.tar"]  # nothing torn, no temporary left
     finally:
         server.shutdown()
         server.server_close()

@@ -1,24 +1,20 @@
 """ijepa.interop: parity with transformers' and timm's I-JEPA models, round trips, the reference's and our
-checkpoint layouts, the registry, and one clear error for each way a file can be wrong.
+checkpoint layouts, and one clear error for each way a file can be wrong.
 
-Everything runs on CPU with tiny random-weight models built here; nothing is downloaded.
+Everything runs on CPU with tiny random-weight models built by the tests (conftest.py); nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import re
-import threading
 import warnings
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import reference_file, tiny_predictor, tiny_vit
 
 import ijepa.interop as interop
 from ijepa.errors import (
@@ -30,7 +26,6 @@ from ijepa.errors import (
     UnsafeCheckpointError,
 )
 from ijepa.interop import hf as hf_fmt
-from ijepa.interop import registry
 from ijepa.models.predictor import VisionTransformerPredictor
 from ijepa.models.vit import VisionTransformer
 
@@ -38,7 +33,6 @@ transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
 TOL = 1e-5
-TINY_ARCH = dict(embed_dim=192, depth=4, num_heads=3)  # as _hf_model builds, so the two can be compared
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,28 +45,6 @@ def _hf_model(patch: int = 14, image: int = 224, depth: int = 4, eps: float | No
     cfg = transformers.IJepaConfig(hidden_size=192, num_hidden_layers=depth, num_attention_heads=3,
                                    intermediate_size=768, image_size=image, patch_size=patch, **kw)
     return transformers.IJepaModel(cfg).eval()
-
-
-def _ours(seed: int = 0, **kw) -> VisionTransformer:
-    torch.manual_seed(seed)
-    args = dict(img_size=224, patch_size=16, **TINY_ARCH)
-    args.update(kw)
-    enc = VisionTransformer(**args).eval()
-    with torch.no_grad():  # non-trivial norms, so a swapped or dropped LayerNorm cannot pass unnoticed
-        for name, p in enc.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return enc
-
-
-def _predictor(enc: VisionTransformer, seed: int = 1) -> VisionTransformerPredictor:
-    torch.manual_seed(seed)
-    return VisionTransformerPredictor(enc.grid_size, enc.embed_dim, predictor_embed_dim=96, depth=2,
-                                      num_heads=enc.num_heads).eval()
-
-
-def _prefixed(sd: dict, prefix: str = "module.") -> dict:
-    return {prefix + k: v.clone() for k, v in sd.items()}
 
 
 def _images(h: int = 224, w: int = 224, n: int = 1, seed: int = 3) -> torch.Tensor:
@@ -139,7 +111,7 @@ def test_transformers_in_memory_layout_prefix_and_preprocessor(tmp_path: Path) -
 
 
 def test_export_to_transformers_loads_with_transformers_alone(tmp_path: Path) -> None:
-    enc = _ours(patch_size=14, img_size=(224, 168))  # non-square native resolution
+    enc = tiny_vit(patch_size=14, img_size=(224, 168))  # non-square native resolution
     enc.input_spec = {"image_size": (224, 168), "in_chans": 3, "mean": (0.4, 0.4, 0.4),
                       "std": (0.2, 0.3, 0.2)}
     out = interop.export(enc, tmp_path / "hf", to="hf", source="unit test")
@@ -194,7 +166,7 @@ def test_timm_parity(tmp_path: Path) -> None:
 
 
 def test_export_to_timm_round_trips(tmp_path: Path) -> None:
-    enc = _ours(patch_size=14, depth=2)
+    enc = tiny_vit(patch_size=14, depth=2)
     x = _images()
     with torch.no_grad():
         want = enc(x)
@@ -220,9 +192,9 @@ def test_export_to_timm_round_trips(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 def test_native_export_round_trip_is_exact(tmp_path: Path) -> None:
-    enc = _ours(embed_dim=96, num_heads=4, depth=2, mlp_ratio=48 / 11, img_size=(64, 96), patch_size=16)
+    enc = tiny_vit(embed_dim=96, num_heads=4, depth=2, mlp_ratio=48 / 11, img_size=(64, 96), patch_size=16)
     enc.input_spec = {"image_size": (64, 96), "in_chans": 3, "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
-    pred = _predictor(enc)
+    pred = tiny_predictor(enc)
     f = interop.export(enc, tmp_path / "enc.safetensors", predictor=pred, source="unit test")
     back, back_pred = interop.load(f, with_predictor=True)
     assert back.arch_dict() == enc.arch_dict() and back.input_spec == enc.input_spec
@@ -240,21 +212,10 @@ def test_native_export_round_trip_is_exact(tmp_path: Path) -> None:
     assert interop.load(f, with_predictor=True)[1].one_pass is True
 
 
-def _reference_file(path: Path, ctx: VisionTransformer, tgt: VisionTransformer,
-                    pred: VisionTransformerPredictor) -> Path:
-    torch.save({
-        "encoder": _prefixed(ctx.state_dict()), "predictor": _prefixed(pred.state_dict()),
-        "target_encoder": _prefixed(tgt.state_dict()),
-        "opt": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
-        "scaler": None, "epoch": 300, "loss": 0.123, "batch_size": 128, "world_size": 16, "lr": 1e-3,
-    }, path)
-    return path
-
-
 def test_reference_pth_tar_both_encoders_and_predictor(tmp_path: Path) -> None:
-    ctx, tgt = _ours(seed=0, depth=2), _ours(seed=1, depth=2)
-    pred = _predictor(ctx)
-    f = _reference_file(tmp_path / "IN1K-tiny.pth.tar", ctx, tgt, pred)
+    ctx, tgt = tiny_vit(seed=0, depth=2), tiny_vit(seed=1, depth=2)
+    pred = tiny_predictor(ctx)
+    f = reference_file(tmp_path / "IN1K-tiny.pth.tar", ctx, tgt, pred)
     x = _images(n=2)
     with torch.no_grad():
         default = interop.load(f)
@@ -275,8 +236,8 @@ def test_reference_pth_tar_both_encoders_and_predictor(tmp_path: Path) -> None:
 
 
 def test_convert_reference_to_each_format(tmp_path: Path) -> None:
-    ctx, tgt = _ours(seed=0, depth=2, patch_size=14), _ours(seed=1, depth=2, patch_size=14)
-    f = _reference_file(tmp_path / "ref.pth.tar", ctx, tgt, _predictor(ctx))
+    ctx, tgt = tiny_vit(seed=0, depth=2, patch_size=14), tiny_vit(seed=1, depth=2, patch_size=14)
+    f = reference_file(tmp_path / "ref.pth.tar", ctx, tgt, tiny_predictor(ctx))
     x = _images()
     with torch.no_grad():
         want = tgt(x)
@@ -296,8 +257,8 @@ def test_convert_reference_to_each_format(tmp_path: Path) -> None:
 def test_training_checkpoint_layout(tmp_path: Path) -> None:
     # width 96 is not a registered size: the head count must come from the checkpoint's `arch`.
     small = dict(embed_dim=96, num_heads=2, depth=2)
-    ctx, tgt = _ours(seed=0, **small), _ours(seed=1, **small)
-    pred = _predictor(ctx)
+    ctx, tgt = tiny_vit(seed=0, **small), tiny_vit(seed=1, **small)
+    pred = tiny_predictor(ctx)
     spec = {"image_size": [224, 224], "in_chans": 3, "mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2]}
     torch.save({
         "encoder": ctx.state_dict(), "predictor": pred.state_dict(), "target_encoder": tgt.state_dict(),
@@ -317,7 +278,7 @@ def test_training_checkpoint_layout(tmp_path: Path) -> None:
 
 
 def test_img_size_resamples_the_position_table_like_forward(tmp_path: Path) -> None:
-    enc = _ours(depth=2)
+    enc = tiny_vit(depth=2)
     f = interop.export(enc, tmp_path / "e.safetensors")
     big = interop.load(f, img_size=(256, 320))
     assert big.img_size == (256, 320) and big.pos_embed.shape[1] == 16 * 20
@@ -328,107 +289,11 @@ def test_img_size_resamples_the_position_table_like_forward(tmp_path: Path) -> N
 
 
 # ----------------------------------------------------------------------------------------------------------
-# registry
-# ----------------------------------------------------------------------------------------------------------
-
-def test_registry_matches_the_shipped_configs() -> None:
-    assert set(registry.PUBLISHED) == {"vith14-in1k", "vith16-448-in1k", "vith14-in22k", "vitg16-in22k"}
-    for m in registry.PUBLISHED.values():
-        cfg = yaml.safe_load((files("ijepa") / "configs" / f"{m.config}.yaml").read_text())
-        assert cfg["meta"]["model_name"] == m.arch and cfg["mask"]["patch_size"] == m.patch_size
-        assert cfg["data"]["crop_size"] == m.resolution and cfg["optimization"]["epochs"] == m.epochs
-        assert (cfg["meta"]["pred_depth"], cfg["meta"]["pred_emb_dim"]) == (m.pred_depth, m.pred_emb_dim)
-        assert m.url == "https://dl.fbaipublicfiles.com/ijepa/" + m.filename
-        with torch.device("meta"):
-            enc = VisionTransformer(**m.encoder_arch())
-        assert enc.grid_size == (m.resolution // m.patch_size,) * 2
-    assert registry.get("vit_giant_patch16_gap_224.in22k_ijepa").name == "vitg16-in22k"
-    assert "IN1K-vit.h.16-448px-300e.pth.tar" in interop.describe()
-
-
-def test_registry_load_warns_on_name_and_builds_the_registry_arch(tmp_path: Path, monkeypatch) -> None:
-    enc = _ours(depth=2)
-    f = _reference_file(tmp_path / "renamed.pth.tar", enc, enc, _predictor(enc))
-    with pytest.warns(UserWarning) as caught, \
-            pytest.raises(CheckpointMismatchError, match=r"embed_dim=1280, depth=32"):
-        interop.load("vith14-in1k", path=f)
-    said = " | ".join(str(w.message) for w in caught)
-    assert "not the published file name" in said and "is 0.01 GB; vith14-in1k's full checkpoint" in said
-    monkeypatch.setenv("IJEPA_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("IJEPA_OFFLINE", "1")  # else the missing file is downloaded (tests/test_hub.py)
-    with pytest.raises(CheckpointNotFoundError, match="IN1K-vit.h.14-300e.pth.tar"):
-        interop.load("vith14-in1k")
-
-
-def test_registry_entry_builds_encoder_and_predictor(tmp_path: Path, monkeypatch) -> None:
-    # A registry entry of a tiny size, so that a file which fits it can be written here.
-    tiny = registry.PublishedModel("tiny-test", "vit_tiny", 16, 224, "nothing", 1, "tiny.pth.tar", 0.1, 2, 96,
-                                   "fmnist_cpu", "none")
-    monkeypatch.setitem(registry.PUBLISHED, "tiny-test", tiny)
-    with torch.device("meta"):
-        probe = VisionTransformer(**tiny.encoder_arch())
-    torch.manual_seed(0)
-    enc = VisionTransformer(**tiny.encoder_arch()).eval()
-    pred = VisionTransformerPredictor(**tiny.predictor_arch()).eval()
-    assert probe.arch_dict() == enc.arch_dict()
-    f = _reference_file(tmp_path / "tiny.pth.tar", enc, enc, pred)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # right name, plausible size: nothing to warn about
-        got, got_pred = interop.load("tiny-test", path=f, with_predictor=True)
-    assert got.source == "tiny-test: reference .pth.tar (epoch 300): target_encoder"
-    assert got.depth == 12 and got_pred.depth == 2 and got_pred.num_heads == 3
-    assert got.input_spec["mean"] == (0.485, 0.456, 0.406)
-
-
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; ``short.pth.tar`` promises more bytes than it sends (a connection cut mid-download)."""
-
-    def do_GET(self):  # noqa: N802 (the base class's name)
-        if not self.path.endswith("short.pth.tar"):
-            return super().do_GET()
-        body = b"x" * 1000
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body) + 500))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def test_download_from_a_local_stand_in(tmp_path: Path, monkeypatch) -> None:
-    served, cache = tmp_path / "served", tmp_path / "cache"
-    served.mkdir()
-    payload = os.urandom(3 << 20)  # several read chunks
-    (served / "tiny.pth.tar").write_bytes(payload)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=served))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(registry, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
-        for name in ("tiny", "short", "gone"):
-            monkeypatch.setitem(registry.PUBLISHED, f"{name}-test", registry.PublishedModel(
-                f"{name}-test", "vit_tiny", 16, 224, "nothing", 1, f"{name}.pth.tar", 0.1, 2, 96, "fmnist_cpu",
-                "none"))
-        got = interop.download("tiny-test", cache, progress=False)
-        assert got == cache / "tiny.pth.tar" and got.read_bytes() == payload
-        (served / "tiny.pth.tar").unlink()
-        assert interop.download("tiny-test", cache) == got  # already there: not fetched again
-        with pytest.raises(CheckpointError, match="stopped after 1000 of 1500 bytes"):
-            interop.download("short-test", cache, progress=False)
-        with pytest.raises(OSError, match="404"):
-            interop.download("gone-test", cache, progress=False)
-        assert sorted(p.name for p in cache.iterdir()) == ["tiny.pth.tar"]  # nothing torn, no temporary left
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-# ----------------------------------------------------------------------------------------------------------
 # failures: one clear error each
 # ----------------------------------------------------------------------------------------------------------
 
 def test_wrong_architecture_names_the_keys(tmp_path: Path) -> None:
-    f = interop.export(_ours(depth=4), tmp_path / "four.safetensors")
+    f = interop.export(tiny_vit(depth=4), tmp_path / "four.safetensors")
     with pytest.raises(CheckpointMismatchError) as e:
         interop.load(f, arch={"depth": 2})
     msg = str(e.value)
@@ -441,7 +306,7 @@ def test_wrong_architecture_names_the_keys(tmp_path: Path) -> None:
 
 
 def test_missing_keys_and_strict_false(tmp_path: Path) -> None:
-    sd = _ours(depth=2).state_dict()
+    sd = tiny_vit(depth=2).state_dict()
     del sd["norm.weight"], sd["blocks.1.mlp.fc2.weight"]
     torch.save(sd, tmp_path / "partial.pth")
     with pytest.raises(CheckpointMismatchError, match=r"2 missing: blocks.1.mlp.fc2.weight, norm.weight"):
@@ -455,9 +320,9 @@ def test_missing_keys_and_strict_false(tmp_path: Path) -> None:
 def test_truncated_file(tmp_path: Path, name: str) -> None:
     good = tmp_path / ("good" + name)
     if name.endswith(".safetensors"):
-        interop.export(_ours(depth=1), good)
+        interop.export(tiny_vit(depth=1), good)
     else:
-        _reference_file(good, _ours(depth=1), _ours(depth=1), _predictor(_ours(depth=1)))
+        reference_file(good, tiny_vit(depth=1), tiny_vit(depth=1), tiny_predictor(tiny_vit(depth=1)))
     bad = tmp_path / name
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointReadError, match=rf"cannot read {bad}: the file is truncated, corrupt"):
@@ -498,7 +363,7 @@ def test_missing_path_and_unknown_content(tmp_path: Path) -> None:
 
 
 def test_key_tables_invert() -> None:
-    sd = _ours(depth=2).state_dict()
+    sd = tiny_vit(depth=2).state_dict()
     hub = hf_fmt.to_hf(sd)
     assert "encoder.layer.1.attention.attention.value.weight" in hub and "layernorm.bias" in hub
     back, dropped = hf_fmt.from_hf(hub)
