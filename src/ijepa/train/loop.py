@@ -176,8 +176,8 @@ def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time
 def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns the summary (``summary.json``).
     ``clock`` times a run with a time limit (a scripted one makes its plan reproducible in tests)."""
-    run = build_run(cfg, out_dir, clock=clock)
-    r, lg, horizon = run, cfg.logging, run.horizon
+    r = build_run(cfg, out_dir, clock=clock)
+    lg, horizon = cfg.logging, r.horizon
     ipe, step, skipped, stopped = r.data.steps_per_epoch, r.start_step, SkipTally(), None
     images_per_step = cfg.data.batch_size * r.dist.world_size
     if r.dist.is_main:
@@ -277,6 +277,10 @@ def finish(r: Run, log: RunLog, step: int, stopped: str | None, skipped: SkipTal
                "wall_minutes": (r.clock() - r.t_start) / 60, "checkpoint": str(r.ckpt.latest), "stopped": stopped,
                **stats}
     log.write_summary(summary)
+    if r.dist.is_main and isinstance(r.horizon, TimedHorizon) and not stopped:
+        print(f"time limit: trained {step} of the {r.horizon.nominal} configured steps in "
+              f"{r.horizon.elapsed() / 60:.2f} of {r.horizon.minutes:g} min ({len(r.horizon.record) - 1} re-plans, "
+              "horizon.json)", flush=True)
     if r.dist.is_main and stopped:
         print(f"{stopped}: saved {summary['checkpoint']} at step {step}; resume with the same command", flush=True)
     if r.dist.is_main and skipped.occurrences:
