@@ -38,18 +38,18 @@ def main() -> None:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     loops: list[mp.Process] = []
+    started = stopped = args.cores == 0  # no loops: nothing to start or stop
     while proc.poll() is None:
         now = time.perf_counter() - t0
-        busy = now >= args.start and (args.seconds is None or now < args.start + args.seconds)
-        if busy and not loops:
-            loops = [mp.Process(target=spin, daemon=True) for _ in range(args.cores)]
+        if not started and now >= args.start:
+            loops, started = [mp.Process(target=spin, daemon=True) for _ in range(args.cores)], True
             for loop in loops:
                 loop.start()
             print(f"busy: {args.cores} loops from {now:.1f} s", file=sys.stderr, flush=True)
-        elif not busy and loops:
+        if started and not stopped and args.seconds is not None and now >= args.start + args.seconds:
             for loop in loops:
                 loop.terminate()
-            loops = []
+            stopped = True
             print(f"busy: stopped at {now:.1f} s", file=sys.stderr, flush=True)
         time.sleep(0.1)
     wall = time.perf_counter() - t0

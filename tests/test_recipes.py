@@ -60,6 +60,14 @@ def test_the_plan_steps_down_on_a_slow_quiet_machine_only(monkeypatch, tmp_path,
     assert json.loads((tmp_path / "run" / "rung.json").read_text())["rung"] == expected
 
 
+def test_a_users_time_limit_does_not_pick_another_rung(monkeypatch, tmp_path):
+    # 6 minutes fit 360 of fmnist_cpu's 468 steps at 1 s a step: the rung is judged by its own 9 minutes
+    monkeypatch.setattr(ijepa.recipes, "bf16_supported", lambda device: True)
+    time_rung, _ = timer(1.0)
+    cfg, _ = plan_cpu_default(str(tmp_path / "run"), ["optimization.minutes=6"], timer=time_rung)
+    assert cfg.data.crop_size == 36 and cfg.optimization.minutes == 6
+
+
 def test_the_run_folder_remembers_its_rung_and_is_not_timed_again(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(ijepa.recipes, "bf16_supported", lambda device: True)
     time_rung, calls = timer(2.6)

@@ -98,9 +98,11 @@ def time_rung(cfg: Config, draws: int = 2) -> StepTiming:
     return StepTiming(seconds / draws, others)
 
 
-def fits(cfg: Config, timing: StepTiming, steps_per_epoch: int) -> tuple[int, int]:
-    """(steps that fit the rung's time limit at the measured step time, the steps it is configured for)."""
-    opt = cfg.optimization
+def fits(rung: Rung, timing: StepTiming, steps_per_epoch: int) -> tuple[int, int]:
+    """(steps that fit the rung's own time limit at the measured step time, the steps it is shipped with). The
+    rung is judged as shipped: a user's ``--minutes`` or length limits the run of the rung this machine gets, it
+    does not pick another."""
+    opt = load_config(rung.config).optimization
     configured = opt.total_steps or opt.epochs * steps_per_epoch
     if opt.minutes is None:
         return configured, configured
@@ -122,7 +124,7 @@ def plan_cpu_default(out: str | None, overrides: list[str], *, timer: Callable[[
         print(f"CPU default: {rung.config}, because {why}; --config NAME runs another", flush=True)
         while rung.min_fit is not None:
             timing = timer(cfgs[rung.config])
-            n, configured = fits(cfgs[rung.config], timing, steps_per_epoch)
+            n, configured = fits(rung, timing, steps_per_epoch)
             if n >= rung.min_fit * configured:
                 break
             if timing.others_cores > BUSY_CORES:
@@ -132,8 +134,8 @@ def plan_cpu_default(out: str | None, overrides: list[str], *, timer: Callable[[
                 break
             lower = LADDER[LADDER.index(rung) + 1]
             why = (f"{rung.config} was too slow here ({timing.seconds:.2f} s a step measured: its "
-                   f"{cfgs[rung.config].optimization.minutes:g} minutes fit about {n} of its {configured} steps, "
-                   f"under the {rung.min_fit:.0%} it needs)")
+                   f"{load_config(rung.config).optimization.minutes:g} minutes fit about {n} of its {configured} "
+                   f"steps, under the {rung.min_fit:.0%} it needs)")
             rung = lower
             print(f"CPU default: {rung.config}, because {why}", flush=True)
     cfg = cfgs[rung.config]
