@@ -87,7 +87,7 @@ def test_train_without_config_trains_the_planned_rung(monkeypatch, tmp_path, cap
     monkeypatch.setattr(ijepa.recipes, "bf16_supported", lambda device: False)
     seen = {}
 
-    def fake_train(cfg, out):
+    def fake_train(cfg, out, started=None):
         seen.update(model=cfg.meta.model_name, precision=cfg.meta.precision, out=str(out))
         return {"steps": 0}
 

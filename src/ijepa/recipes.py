@@ -27,7 +27,7 @@ from .ladder import LADDER, Rung
 from .masks import MultiBlockMaskSampler
 from .precision import matmul_gflops, resolve_precision
 from .spec import InputSpec
-from .train.horizon import Horizon
+from .train.horizon import Horizon, process_started
 from .train.ijepa import IJEPA
 from .train.loop import TrainState, train, train_step
 from .train.schedules import Schedules
@@ -148,11 +148,13 @@ def plan_cpu_default(out: str | None, overrides: list[str], *, timer: Callable[[
 
 
 def train_command(config: str | None, out: str | None, overrides: list[str]) -> dict:
-    """``ijepa train``: the named config (or the CPU default's rung for this machine), trained into ``out``."""
+    """``ijepa train``: the named config (or the CPU default's rung for this machine), trained into ``out``. A time
+    limit counts from the process's start: the planning before training is part of the minutes."""
+    started = process_started()
     if config is None:
         cfg, folder = plan_cpu_default(out, overrides)
     else:
         cfg = load_config(config, overrides)
         folder = Path(out or cfg.logging.folder or f"runs/{Path(config).stem}")
         cfg.logging.folder = str(folder)
-    return train(cfg, folder)
+    return train(cfg, folder, started=started)

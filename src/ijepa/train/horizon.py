@@ -20,8 +20,10 @@ rank's times, so they agree.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,8 +34,11 @@ from ..errors import ConfigError
 # Left unplanned at the end, for what the plan cannot see: the last checkpoint write, the summary, the process's
 # own start and exit.
 MARGIN = 0.03
-# A timed run re-plans about this often (as a share of its minutes), and after at least MIN_WINDOW steps.
+# A timed run re-plans about this often (as a share of its minutes), and after at least MIN_WINDOW steps, from the
+# mean step time of the latest steps that cover RECENT_SHARE of its minutes: long enough that one slow step does
+# not move the plan, short enough to follow a machine whose speed changed.
 REPLAN_SHARE = 0.02
+RECENT_SHARE = 0.05
 MIN_WINDOW = 2
 
 
@@ -114,9 +119,9 @@ def _along(u0: float, seg: Replan, step: int, nominal: int) -> float:
 class TimedHorizon(Horizon):
     """The steps that fit ``minutes`` of wall time, counted from ``t_start``, re-planned as the run goes.
 
-    ``clock`` returns seconds (``time.perf_counter``; tests pass a scripted one). ``check_seconds`` is one full
-    check's cost (the loop times the first one), which the plan reserves for each epoch end it reaches and the end
-    of the run. ``slowest`` turns this rank's seconds into the slowest rank's (identity when not distributed)."""
+    ``clock`` returns seconds (``time.perf_counter``; tests pass a scripted one). One full check's cost (timed
+    once, beside the first steps) is reserved for each epoch end the plan reaches and for the end of the run.
+    ``slowest`` turns this rank's seconds into the slowest rank's (identity when not distributed)."""
 
     kind = "timed"
 
@@ -129,7 +134,8 @@ class TimedHorizon(Horizon):
         self.spent = 0.0           # training seconds of earlier processes (a resumed run), up to their checkpoint
         self.t_start = t_start     # when this process's share of the minutes began
         self.check_steps: float | None = None  # one check's cost, in steps of the time it was measured at
-        self.window: list | None = None  # [steps, their seconds] since the last re-plan, once measuring
+        self.measuring = False  # from begin() on
+        self.recent: collections.deque[float] = collections.deque(maxlen=4096)  # the latest steps' seconds
         self.last_now: float | None = None  # the clock at the last step's end
         self.next_replan = 0
         if state is not None:
@@ -143,10 +149,11 @@ class TimedHorizon(Horizon):
     def seconds_left(self, now: float | None = None) -> float:
         return self.minutes * 60.0 * (1 - MARGIN) - self.elapsed(now)
 
-    def begin(self, check_seconds: float, step: int) -> None:
-        """Start measuring at ``step`` (0, or the resumed step), given one check's cost."""
-        self._check_seconds = check_seconds
-        self.window = [0, 0.0]  # steps and their seconds since the last re-plan
+    def begin(self, step: int, time_check: Callable[[int], float]) -> None:
+        """Start measuring at ``step`` (0, or the resumed step). ``time_check(step)`` runs one full check and
+        returns its seconds: a fresh run times one beside its first steps, so both are measured under one load."""
+        self._time_check = time_check
+        self.measuring = True
         self.next_replan = step + MIN_WINDOW
 
     # ---------------------------------------------------------------------------------------------- plan
@@ -155,20 +162,19 @@ class TimedHorizon(Horizon):
         """``step`` steps are done, the last in ``seconds`` (what it cost the loop, from the end of the step before:
         the loop's own work between steps counts, the epoch-end checks do not, as the plan reserves them): at a
         re-plan point, plan the last step again from the recent step time."""
-        if self.window is None:
+        if not self.measuring:
             return None
-        self.window[0] += 1
-        self.window[1] += seconds
+        self.recent.append(seconds)
         self.last_now = now
         if step < self.next_replan:
             return None
+        tau = self.slowest(self.recent_step_seconds())
+        if self.check_steps is None:  # a check's cost in steps, timed right after the steps it is compared with
+            self.check_steps = self.slowest(self._time_check(step)) / tau
+            now = None  # the check took time
         now = self.clock() if now is None else now
-        tau = self.slowest(self.window[1] / max(self.window[0], 1))
         left = -self.slowest(-self.seconds_left(now))  # the rank with the least time left decides
-        if self.check_steps is None:  # the check was timed before any step: put it in units of the first steps
-            self.check_steps = self._check_seconds / tau
         total = self.plan(step, left, tau)
-        self.window = [0, 0.0]
         # the next re-plan about REPLAN_SHARE of the minutes from now, in steps (every rank computes the same)
         self.next_replan = step + max(MIN_WINDOW, int(REPLAN_SHARE * self.minutes * 60.0 / tau))
         if total == self.total:
@@ -176,6 +182,15 @@ class TimedHorizon(Horizon):
         r = Replan(step, total, round(tau, 6), round(left, 3))
         self.record.append(r)
         return r
+
+    def recent_step_seconds(self) -> float:
+        """The mean of the latest steps that cover ``RECENT_SHARE`` of the minutes (at least ``MIN_WINDOW``)."""
+        total, n = 0.0, 0
+        for seconds in reversed(self.recent):
+            total, n = total + seconds, n + 1
+            if n >= MIN_WINDOW and total >= RECENT_SHARE * self.minutes * 60.0:
+                break
+        return total / max(n, 1)
 
     def plan(self, step: int, left: float, tau: float) -> int:
         """The last step: as many steps after ``step`` as fit ``left`` seconds at ``tau`` a step, with a check
@@ -204,6 +219,17 @@ class TimedHorizon(Horizon):
         self.nominal = int(state["nominal"])
         self.record = [Replan(**r) for r in state["record"]]
         self.spent, self.check_steps = float(state["spent"]), state["check_steps"]
+
+
+def process_started(clock: Callable[[], float] = time.perf_counter) -> float:
+    """When this process started, on ``clock``'s scale (``time.perf_counter``): the ``ijepa`` command's time limit
+    counts its start-up (imports, the CPU default's planning) too. Now, where the system does not say (not Linux)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = float(fields[19]) / os.sysconf("SC_CLK_TCK")  # seconds after boot
+        return clock() - max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return clock()
 
 
 def build_horizon(opt, steps_per_epoch: int, *, t_start: float, clock: Callable[[], float] = time.perf_counter,

@@ -142,9 +142,10 @@ class Run:
     t_start: float
 
 
-def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time.perf_counter) -> Run:
+def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time.perf_counter,
+              started: float | None = None) -> Run:
     """Every part of a run, each complete when made; a resumed run's state loaded into them."""
-    t_start = clock()  # a time limit counts from here
+    t_start = clock() if started is None else started  # a time limit counts from here
     device, dist, precision = setup_device(cfg)
     data = build_pipeline(cfg.data, dist, cfg.meta.seed, device)
     ipe, out = data.steps_per_epoch, Path(out)
@@ -173,10 +174,12 @@ def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time
 # ------------------------------------------------------------------------------------------------- the loop
 
 
-def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time.perf_counter) -> dict:
+def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time.perf_counter,
+          started: float | None = None) -> dict:
     """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns the summary (``summary.json``).
-    ``clock`` times a run with a time limit (a scripted one makes its plan reproducible in tests)."""
-    r = build_run(cfg, out_dir, clock=clock)
+    ``clock`` times a run with a time limit (a scripted one makes its plan reproducible in tests); ``started`` is
+    when that limit began on it (default: now; the ``ijepa`` command passes its process's start)."""
+    r = build_run(cfg, out_dir, clock=clock, started=started)
     lg, horizon = cfg.logging, r.horizon
     ipe, step, skipped, stopped = r.data.steps_per_epoch, r.start_step, SkipTally(), None
     images_per_step = cfg.data.batch_size * r.dist.world_size
@@ -218,17 +221,18 @@ def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time
 
 
 def start_timing(r: Run, log: RunLog) -> None:
-    """A timed run times one full check first (what it reserves for each check to come), which is also the
-    check of the weights it starts from; then the horizon starts measuring steps."""
+    """A timed run starts measuring its steps; beside its first ones it times one full check (what it reserves
+    for each check to come: both are timed under the same load), logged as that step's check."""
     if not isinstance(r.horizon, TimedHorizon):
         return
-    check_seconds = 0.0
-    if r.horizon.check_steps is None:  # a fresh run (a resumed one kept the measurement)
+
+    def time_check(step: int) -> float:
         with torch.random.fork_rng(devices=[]):  # the check draws nothing the run would see
             t0 = r.horizon.clock()
-            log.monitor(r.start_step, r.monitor(r.start_step))
-            check_seconds = D.slowest(r.horizon.clock() - t0, r.device)
-    r.horizon.begin(check_seconds, r.start_step)
+            log.monitor(step, r.monitor(step))
+            return r.horizon.clock() - t0
+
+    r.horizon.begin(r.start_step, time_check)
     if r.dist.is_main:
         h = r.horizon
         print(f"time limit: {h.minutes:g} min ({h.seconds_left() / 60:.1f} left to train): at most the configured "
