@@ -41,15 +41,18 @@ def simulate(minutes, step_cost, *, check=10, nominal=IPE, state=None, stop_afte
     clock = clock or Clock()
     h = TimedHorizon(nominal, minutes, IPE, t_start=clock.t, clock=clock, state=state)
     step = 0 if state is None else state["step"]
+    checked = [0.0]
+
     def time_check(step):  # the first check, timed beside the first steps, at the speed steps have then
-        seconds = check * step_cost(clock.t)
-        clock.t += seconds
-        return seconds
+        checked[0] = check * step_cost(clock.t)
+        clock.t += checked[0]
+        return checked[0]
 
     h.begin(step, time_check)
     while not h.done(step):
-        cost = step_cost(clock.t)
-        clock.t += cost
+        step_seconds = step_cost(clock.t)
+        clock.t += step_seconds
+        cost, checked[0] = step_seconds + checked[0], 0.0  # as the loop measures it: the check ran in between
         step += 1
         if step % IPE == 0 and not h.done(step):
             clock.t += check * step_cost(clock.t)

@@ -135,6 +135,7 @@ class TimedHorizon(Horizon):
         self.t_start = t_start     # when this process's share of the minutes began
         self.check_steps: float | None = None  # one check's cost, in steps of the time it was measured at
         self.measuring = False  # from begin() on
+        self._checked = 0.0  # seconds of a check timed since the last step (not the next step's)
         self.recent: collections.deque[float] = collections.deque(maxlen=4096)  # the latest steps' seconds
         self.last_now: float | None = None  # the clock at the last step's end
         self.next_replan = 0
@@ -164,13 +165,15 @@ class TimedHorizon(Horizon):
         re-plan point, plan the last step again from the recent step time."""
         if not self.measuring:
             return None
+        seconds, self._checked = seconds - self._checked, 0.0  # the timed check ran inside the last step's time
         self.recent.append(seconds)
         self.last_now = now
         if step < self.next_replan:
             return None
         tau = self.slowest(self.recent_step_seconds())
         if self.check_steps is None:  # a check's cost in steps, timed right after the steps it is compared with
-            self.check_steps = self.slowest(self._time_check(step)) / tau
+            self._checked = self._time_check(step)
+            self.check_steps = self.slowest(self._checked) / tau
             now = None  # the check took time
         now = self.clock() if now is None else now
         left = -self.slowest(-self.seconds_left(now))  # the rank with the least time left decides
