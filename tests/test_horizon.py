@@ -18,7 +18,7 @@ from conftest import TINY, cfg_with
 from ijepa.config import OptimizationConfig
 from ijepa.errors import ConfigError
 from ijepa.train.checkpoint import load_checkpoint
-from ijepa.train.horizon import MARGIN, MIN_WINDOW, Horizon, Replan, TimedHorizon, build_horizon
+from ijepa.train.horizon import MARGIN, Horizon, Replan, TimedHorizon, build_horizon
 from ijepa.train.loop import train
 from ijepa.train.schedules import Schedules
 
@@ -35,9 +35,10 @@ class Clock:
         return self.t
 
 
-def simulate(minutes, step_cost, *, check=10, nominal=IPE, state=None, stop_after=None, clock=None):
+def simulate(minutes, step_cost, *, check=10, guess=8, nominal=IPE, state=None, stop_after=None, clock=None):
     """Train a timed horizon on a scripted clock: ``step_cost(t)`` is the step that starts at second t. Returns
-    (horizon, steps done, the second the run ends at: after its final check). A check costs ``check`` steps."""
+    (horizon, steps done, the second the run ends at: after its final check). A check costs ``check`` steps; the
+    horizon guesses ``guess`` until it has timed one."""
     clock = clock or Clock()
     h = TimedHorizon(nominal, minutes, IPE, t_start=clock.t, clock=clock, state=state)
     step = 0 if state is None else state["step"]
@@ -48,7 +49,7 @@ def simulate(minutes, step_cost, *, check=10, nominal=IPE, state=None, stop_afte
         clock.t += checked[0]
         return checked[0]
 
-    h.begin(step, time_check)
+    h.begin(step, time_check, guess)
     while not h.done(step):
         step_seconds = step_cost(clock.t)
         clock.t += step_seconds
@@ -89,11 +90,12 @@ def test_a_slow_start_moves_the_last_step_not_the_end_time(slower):
     # what two busy loops did to a 2-core machine's steps (benchmarks/busy.py)
     h, steps, end = simulate(6, lambda t: slower if t < 60 else 1.0)
     assert end <= 6 * 60 * 1.03
-    lost = 60 * (1 - 1 / slower) + 10 * (slower - 1)  # what the slow minute and the slow check cost, in steps
+    lost = 60 * (1 - 1 / slower)  # what the slow minute cost, in steps: the check waits for full speed
     assert steps >= 0.97 * (quiet - lost)  # the rest of the minutes are used
     if slower <= 3.5:
         assert steps >= 0.85 * quiet
     assert len(h.record) > 2  # re-planned as the machine's speed changed
+    assert h.check_steps == pytest.approx(10, rel=0.05)  # timed at full speed: a check's cost in steps
 
 
 def test_a_slowdown_late_in_the_run_still_ends_in_time():
@@ -209,8 +211,8 @@ def test_a_timed_run_is_annealed_recorded_and_ends_within_its_minutes(tmp_path):
     assert summary["wall_minutes"] <= 0.5  # on the scripted clock
     assert load_checkpoint(tmp_path / "jepa-latest.pth.tar")["horizon"]["record"] == record["record"]
     assert lrs(tmp_path)[-1] < 0.05 * max(lrs(tmp_path))  # annealed to the last step, not truncated
-    # the timed check, beside the first steps
-    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "monitor.csv"))][0] == MIN_WINDOW
+    # the check the plan reserves for, timed beside the steps once they ran at full speed
+    assert 0 < [int(r["step"]) for r in csv.DictReader(open(tmp_path / "monitor.csv"))][0] < summary["steps"]
 
 
 def test_a_slow_start_through_the_loop_keeps_most_of_the_steps(tmp_path):

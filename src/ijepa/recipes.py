@@ -64,6 +64,17 @@ def _cpu_ticks() -> tuple[float, float] | None:
         return None
 
 
+def others_cores(seconds: float = 0.5) -> float:
+    """CPU cores other programs used over the next ``seconds`` (0 where /proc is not there)."""
+    t0, ticks0 = time.perf_counter(), _cpu_ticks()
+    time.sleep(seconds)
+    ticks1 = _cpu_ticks()
+    if ticks0 is None or ticks1 is None:
+        return 0.0
+    hz = 100.0  # USER_HZ: the tick of /proc/stat on every Linux
+    return max(0.0, ((ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1])) / hz / (time.perf_counter() - t0))
+
+
 def time_rung(cfg: Config, draws: int = 2) -> StepTiming:
     """Seconds per training step of ``cfg``'s model, precision and batch on this machine (synthetic images; each
     mask draw runs once untimed, then once timed), and how busy the machine was meanwhile."""
@@ -110,9 +121,11 @@ def fits(rung: Rung, timing: StepTiming, steps_per_epoch: int) -> tuple[int, int
 
 
 def plan_cpu_default(out: str | None, overrides: list[str], *, timer: Callable[[Config], StepTiming] = time_rung,
-                     steps_per_epoch: int = 468) -> tuple[Config, Path]:
-    """The CPU default's config for this machine and its run folder, saying which rung and why.
-    ``steps_per_epoch``: the rungs' (Fashion-MNIST's 60,000 images in batches of 128)."""
+                     load: Callable[[], float] = others_cores, steps_per_epoch: int = 468) -> tuple[Config, Path]:
+    """The CPU default's config for this machine and its run folder, saying which rung and why. ``load`` says how
+    many cores other programs use now: on a busy machine the rung is kept without timing it (the timing would say
+    nothing, and take several times as long). ``steps_per_epoch``: the rungs' (Fashion-MNIST's 60,000 images in
+    batches of 128)."""
     cfgs = {r.config: load_config(r.config, overrides) for r in LADDER}  # a bad override fails before anything runs
     settled = Path(out) / "rung.json" if out else None
     if settled is not None and settled.is_file():
@@ -123,6 +136,11 @@ def plan_cpu_default(out: str | None, overrides: list[str], *, timer: Callable[[
         rung, why = native_rung()
         print(f"CPU default: {rung.config}, because {why}; --config NAME runs another", flush=True)
         while rung.min_fit is not None:
+            busy = load()
+            if busy > BUSY_CORES:
+                why = f"other programs use {busy:.1f} cores, so a timing would say nothing of this machine; kept"
+                print(f"CPU default: {rung.config}: {why}", flush=True)
+                break
             timing = timer(cfgs[rung.config])
             n, configured = fits(rung, timing, steps_per_epoch)
             if n >= rung.min_fit * configured:

@@ -136,6 +136,8 @@ class TimedHorizon(Horizon):
         self.check_steps: float | None = None  # one check's cost, in steps of the time it was measured at
         self.measuring = False  # from begin() on
         self._checked = 0.0  # seconds of a check timed since the last step (not the next step's)
+        self.best = math.inf  # the fastest recent step time seen at a re-plan
+        self.check_guess = 0.0
         self.recent: collections.deque[float] = collections.deque(maxlen=4096)  # the latest steps' seconds
         self.last_now: float | None = None  # the clock at the last step's end
         self.next_replan = 0
@@ -150,10 +152,12 @@ class TimedHorizon(Horizon):
     def seconds_left(self, now: float | None = None) -> float:
         return self.minutes * 60.0 * (1 - MARGIN) - self.elapsed(now)
 
-    def begin(self, step: int, time_check: Callable[[int], float]) -> None:
+    def begin(self, step: int, time_check: Callable[[int], float], check_guess: float) -> None:
         """Start measuring at ``step`` (0, or the resumed step). ``time_check(step)`` runs one full check and
-        returns its seconds: a fresh run times one beside its first steps, so both are measured under one load."""
-        self._time_check = time_check
+        returns its seconds; a fresh run times one once its steps run at the machine's full speed (a busy start
+        would make the check, and the time it takes from training, several times what it is), planning with
+        ``check_guess`` steps a check until then."""
+        self._time_check, self.check_guess = time_check, check_guess
         self.measuring = True
         self.next_replan = step + MIN_WINDOW
 
@@ -171,12 +175,14 @@ class TimedHorizon(Horizon):
         if step < self.next_replan:
             return None
         tau = self.slowest(self.recent_step_seconds())
-        if self.check_steps is None:  # a check's cost in steps, timed right after the steps it is compared with
-            self._checked = self._time_check(step)
-            self.check_steps = self.slowest(self._checked) / tau
-            now = None  # the check took time
+        self.best = min(self.best, tau)
         now = self.clock() if now is None else now
         left = -self.slowest(-self.seconds_left(now))  # the rank with the least time left decides
+        if self.check_steps is None and self._at_speed(tau, left):
+            # a check's cost in steps, timed right after the steps it is compared with
+            self._checked = self._time_check(step)
+            self.check_steps = self.slowest(self._checked) / tau
+            left = -self.slowest(-self.seconds_left())  # the check took time
         total = self.plan(step, left, tau)
         # the next re-plan about REPLAN_SHARE of the minutes from now, in steps (every rank computes the same)
         self.next_replan = step + max(MIN_WINDOW, int(REPLAN_SHARE * self.minutes * 60.0 / tau))
@@ -185,6 +191,13 @@ class TimedHorizon(Horizon):
         r = Replan(step, total, round(tau, 6), round(left, 3))
         self.record.append(r)
         return r
+
+    def _at_speed(self, tau: float, left: float) -> bool:
+        """Whether to time the check now: steps run within 15% of the fastest seen, 30% of the minutes in (past a
+        busy start-up); or 60% of them have gone. Decided from values every rank shares, so ranks time it
+        together."""
+        gone = 1.0 - left / (self.minutes * 60.0 * (1 - MARGIN))
+        return (gone >= 0.3 and tau <= 1.15 * self.best) or gone >= 0.6
 
     def recent_step_seconds(self) -> float:
         """The mean of the latest steps that cover ``RECENT_SHARE`` of the minutes (at least ``MIN_WINDOW``)."""
@@ -198,7 +211,7 @@ class TimedHorizon(Horizon):
     def plan(self, step: int, left: float, tau: float) -> int:
         """The last step: as many steps after ``step`` as fit ``left`` seconds at ``tau`` a step, with a check
         at each epoch end they reach and one at the end; never past the configured length."""
-        check = (self.check_steps or 0.0) * tau
+        check = (self.check_steps if self.check_steps is not None else self.check_guess) * tau
         budget = left - check  # the final check always runs
 
         def cost(n: int) -> float:

@@ -221,8 +221,10 @@ def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time
 
 
 def start_timing(r: Run, log: RunLog) -> None:
-    """A timed run starts measuring its steps; beside its first ones it times one full check (what it reserves
-    for each check to come: both are timed under the same load), logged as that step's check."""
+    """A timed run starts measuring its steps; once they run at full speed it times one full check beside them
+    (what it reserves for each check to come), logged as that step's check. Until then a check is taken to cost
+    its images' forward passes over three batches' (a step: the target's forward, the context's forward and
+    backward)."""
     if not isinstance(r.horizon, TimedHorizon):
         return
 
@@ -232,7 +234,9 @@ def start_timing(r: Run, log: RunLog) -> None:
             log.monitor(step, r.monitor(step))
             return r.horizon.clock() - t0
 
-    r.horizon.begin(r.start_step, time_check)
+    knn = r.monitor.knn_sets
+    images = len(r.monitor.images) + (len(knn[0]) + len(knn[2]) if knn is not None else 0)
+    r.horizon.begin(r.start_step, time_check, images / (3 * r.cfg.data.batch_size))
     if r.dist.is_main:
         h = r.horizon
         print(f"time limit: {h.minutes:g} min ({h.seconds_left() / 60:.1f} left to train): at most the configured "
