@@ -142,7 +142,8 @@ def test_a_removed_key_fails_in_one_line_saying_why(key):
 def test_the_cpu_rungs_set_a_time_limit_and_their_precision():
     for name, precision in (("fmnist_cpu", "auto"), ("fmnist_cpu_fp32", "fp32")):
         cfg = load_config(name)
-        assert 0 < cfg.optimization.minutes <= 10 and cfg.meta.precision == precision
+        # the training limit leaves the probe and start-up inside the quick start's quarter hour
+        assert 0 < cfg.optimization.minutes <= 11 and cfg.meta.precision == precision
 
 
 def test_every_key_is_documented():
