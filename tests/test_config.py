@@ -16,9 +16,9 @@ from ijepa.config import (
     config_dir,
     describe,
     load_config,
-    parse_overrides,
     translate_reference_keys,
 )
+from ijepa.config_overrides import parse_overrides
 from ijepa.models import VIT_SIZES
 
 
@@ -48,9 +48,11 @@ def test_default_config_is_the_cpu_recipe():
     ("meta.enc_mlp_ratio=-1", "meta.enc_mlp_ratio must be > 0"),
 ])
 def test_bad_configs_fail_naming_the_key(override, message):
+    # the line names where the value came from and the key as given, then says what is wrong with it
+    _key, why = re.match(r"([\w.]+)(?::| )\s*(.*)", message).groups()
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
-    assert message in str(e.value)
+    assert str(e.value).startswith(f"command line: {override}: ") and why in str(e.value) and "\n" not in str(e.value)
 
 
 def test_overrides_parse_yaml_values_and_nest():
@@ -116,11 +118,12 @@ def test_a_reference_file_loads_with_its_keys_translated(tmp_path):
      "meta.use_bfloat16=false means meta.precision=fp32, which contradicts meta.precision=bf16: drop one"),
     (["meta.use_bfloat16=false", "meta.precision=auto"],
      "meta.use_bfloat16=false means meta.precision=fp32, which contradicts meta.precision=auto: drop one"),
-    (["optimization.ipe_scale=1.25"], "optimization.ipe_scale=1.25: schedules longer than the run are not "
-                                      "supported; optimization.max_steps stops a run early"),
+    (["optimization.ipe_scale=1.25"], "schedules longer than the run are not supported; optimization.max_steps "
+                                      "stops a run early"),
 ])
 def test_reference_keys_that_contradict_ours_fail_naming_both(overrides, message):
-    with pytest.raises(ConfigError, match="^fmnist_cpu.yaml: " + re.escape(message)) as e:
+    with pytest.raises(ConfigError, match="^command line: " + re.escape(", ".join(overrides)) + ": "
+                       + re.escape(message)) as e:
         load_config(None, overrides)
     assert "\n" not in str(e.value)
 
@@ -134,9 +137,9 @@ def test_reference_keys_that_agree_with_ours_translate():
 
 @pytest.mark.parametrize("key", list(REMOVED_KEYS))
 def test_a_removed_key_fails_in_one_line_saying_why(key):
-    with pytest.raises(ConfigError, match=f"^fmnist_cpu.yaml: {re.escape(key)} was removed: ") as e:
+    with pytest.raises(ConfigError, match=f"^command line: {re.escape(key)}=1: {re.escape(key)} was removed: ") as e:
         load_config(None, [f"{key}=1"])
-    assert "\n" not in str(e.value) and len(str(e.value)) > len(f"fmnist_cpu.yaml: {key} was removed: ") + 20
+    assert "\n" not in str(e.value) and len(str(e.value)) > len(f"command line: {key}=1: {key} was removed: ") + 20
 
 
 def test_the_cpu_rungs_set_a_time_limit_and_their_precision():
@@ -231,7 +234,7 @@ def test_the_mask_section_is_the_samplers_config():
     sampler = MultiBlockMaskSampler(cfg.data.crop_size // cfg.mask.patch_size, cfg.mask)
     assert sampler.cfg == cfg.mask and sampler.cfg is not cfg.mask  # the sampler keeps a private copy
     # one set of rules, whichever way the config is made
-    with pytest.raises(ConfigError, match=r"mask\.pred_mask_scale: expected \[min, max\] with 0\.0 < min"):
+    with pytest.raises(ConfigError, match=r"pred_mask_scale=\[0\.0,0\.2\]: expected \[min, max\] with 0\.0 < min"):
         load_config(None, ["mask.pred_mask_scale=[0.0,0.2]"])
     with pytest.raises(ConfigError, match=r"mask\.pred_mask_scale: expected \[min, max\] with 0\.0 < min"):
         MaskConfig(pred_mask_scale=(0.0, 0.2))

@@ -49,7 +49,8 @@ def test_impossible_mask_geometry_is_one_config_line_before_anything_is_built(tm
     assert main(["train", "--config", "fmnist_cpu", "--out", str(tmp_path / "run"), *IMPOSSIBLE]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert err.startswith("ijepa: config error: fmnist_cpu.yaml: mask.pred_mask_scale, mask.enc_mask_scale")
+    assert err.startswith("ijepa: config error: command line: mask.pred_mask_scale=[0.9,1.0], "
+                          "mask.enc_mask_scale=[0.9,1.0]: mask.pred_mask_scale, mask.enc_mask_scale")
     assert "fewer than min_keep=4" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 

@@ -20,9 +20,10 @@ from typing import Literal
 import yaml
 
 from .config_fields import _build, _coerce, _f, _in_range, _plain, _positive, _range_pair, describe_sections
+from .config_overrides import merge_overrides, parse_overrides, where_from
 from .errors import ConfigError
 from .io import atomic_write_text
-from .mask_geometry import geometry_problem
+from .mask_geometry import geometry_problem, placement_problem
 
 # (width, heads) of each encoder size: models/vit.py's VIT_SIZES, repeated so this module stays torch-free
 # (tests/test_config.py checks they agree)
@@ -43,10 +44,11 @@ REFERENCE_KEYS = {
                               "length)",
 }
 
-# Keys that existed and were taken out: naming one fails at start-up with why (docs/cpu-recipe.md has the runs).
+# Keys that existed and were taken out: naming one fails at start-up with why (the runs behind each:
+# docs/experiments/2026-11-cpu-recipe-search.md).
 REMOVED_KEYS = {
-    "loss.target_batch_norm": "batch-centred or standardised targets (recipe rows tc, ts) scored below the paper's "
-                              "layer-normed targets, which the loss always uses now",
+    "loss.target_batch_norm": "batch-centred or standardised targets scored below the paper's layer-normed targets "
+                              "(82.1% and 81.9% against 82.5%), which the loss always uses now",
     "meta.cpu_chunk_tokens": "slicing the batch on the CPU gained the training step nothing (0.98x); training runs "
                              "each batch whole (feature extraction still slices, models/vit.py)",
     "optimization.max_minutes": "optimization.minutes is the time limit now: a run keeps its configured length "
@@ -56,6 +58,8 @@ REMOVED_KEYS = {
 
 @dataclass
 class MetaConfig:
+    """The ``meta`` section: the model, precision, seed, device and checkpoint to resume from."""
+
     model_name: str = _f("vit_base", "encoder size: " + ", ".join(ENCODER_NAMES))
     enc_depth: int | None = _f(None, "override the size's number of blocks (null: the size's own)")
     enc_embed_dim: int | None = _f(None, "override the size's width (null: the size's own; must divide by the "
@@ -78,6 +82,9 @@ class MetaConfig:
                 "measured matmul throughput). ijepa/precision.py")
     load_checkpoint: bool = _f(True, "resume from the run folder's latest checkpoint when one exists")
     read_checkpoint: str | None = _f(None, "resume from this checkpoint file instead of the run folder's latest")
+    allow_config_change: bool = _f(False, "resume a checkpoint written with other values of keys that change the run "
+                                          "(ijepa train --allow-config-change): the new values apply from its step "
+                                          "and config_changes.jsonl records them; otherwise such a resume is refused")
     seed: int = _f(0, "random seed (weights, data order, masks; each rank derives its own)")
     compile: bool = _f(False, "torch.compile the encoders and predictor")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
@@ -108,13 +115,20 @@ class MetaConfig:
 
 @dataclass
 class DataConfig:
+    """The ``data`` section: the dataset, its loader, crops and augmentation."""
+
     dataset: Literal["imagefolder", "folder", "shards", "fashion_mnist"] = _f(
-        "imagefolder", "imagefolder: class sub-folders under root_path/image_folder/train (ImageNet layout); "
-                       "folder: every image under root_path/image_folder, unlabelled; "
+        "imagefolder", "imagefolder: class sub-folders (ImageNet layout, <class>/**/<image>), labelled by class; "
+                       "folder: every image, unlabelled; both under root_path/image_folder, and where that has "
+                       "split folders (train/, val/ or test/) training reads train/ (data/layout.py). "
                        "shards: WebDataset-style tar shards under root_path/image_folder (`ijepa shards` makes them); "
                        "fashion_mnist: the IDX files under root_path (default /usr/share/datasets/fashion-mnist)")
     root_path: str | None = _f(None, "dataset root")
     image_folder: str = _f("", "sub-folder of root_path (the reference's key)")
+    follow_symlinks: bool = _f(False, "folders: also read folders reached through links to directories, each real "
+                                      "directory once (never one of the dataset's own again, so a `..` link or two "
+                                      "links to each other cannot repeat images or loop); links to image files are "
+                                      "always read")
     batch_size: int = _f(128, "images per process per step")
     num_workers: int = _f(8, "DataLoader worker processes (folders; the in-memory Fashion-MNIST path uses none)")
     pin_mem: bool = _f(True, "pin host memory for faster copies to the GPU")
@@ -124,13 +138,13 @@ class DataConfig:
     use_color_distortion: bool = _f(False, "colour jitter + random grayscale, as the reference's")
     color_jitter_strength: float = _f(0.0, "colour jitter strength")
     use_gaussian_blur: bool = _f(False, "random Gaussian blur")
-    in_chans: int = _f(3, "image channels the encoder takes (1 for grayscale)")
+    in_chans: int = _f(3, "image channels the encoder takes (1 for grayscale; a folder of colour images needs 3)")
     mean: tuple[float, ...] | None = _f(None, "normalisation mean (null: ImageNet's, or the dataset's own)")
     std: tuple[float, ...] | None = _f(None, "normalisation std (null: ImageNet's, or the dataset's own)")
     limit: int | None = _f(None, "use only the first N images (smoke tests, quick looks)")
-    max_image_pixels: int | None = _f(100_000_000, "folders: images with more pixels (width x height, read from "
-                                                   "the header) are skipped, counted and named instead of decoded "
-                                                   "(null: no limit; data/decode.py)")
+    max_image_pixels: int | None = _f(100_000_000, "folders and shards: images with more pixels (width x height, "
+                                                   "read from the header) are skipped, counted and named instead of "
+                                                   "decoded (null: no limit; data/decode.py)")
     gpu_augment: bool = _f(False, "folders and shards: the loader workers only decode each image (into a uint8 "
                                   "canvas, see gpu_augment_size) and the batch's crops, flips, colour jitter and "
                                   "blur run on the training device in one call, with the worker path's "
@@ -163,7 +177,7 @@ class MaskConfig:
 
     Scales are fractions of the whole grid; ``aspect_ratio`` (height / width) applies to target blocks only, the
     context block is square as in the reference. Built from Python or YAML alike, it is checked on construction
-    (lists are accepted and stored as tuples); a bad value is a :class:`ConfigError` naming the key."""
+    (lists are accepted and stored as tuples); a bad value is a ``ConfigError`` naming the key."""
 
     mode: Literal["default", "reference"] = _f(
         "default", "default: the corrected sampler (whole-grid placement, independent scale/aspect draws, random "
@@ -194,6 +208,8 @@ class MaskConfig:
 
 @dataclass
 class OptimizationConfig:
+    """The ``optimization`` section: the run's length and time limit, and the lr, weight-decay and EMA schedules."""
+
     # How long a run is: `epochs` (or `total_steps`), optionally limited by `minutes` (train/horizon.py). The
     # schedules (lr, weight decay, EMA) are functions of the run's progress from 0 to 1 (train/schedules.py).
     epochs: int = _f(300, "training epochs: the run's length, and the schedules' horizon")
@@ -244,6 +260,8 @@ class OptimizationConfig:
 
 @dataclass
 class LossConfig:
+    """The ``loss`` section: the terms added to the paper's loss (all 0 by default: the paper's loss alone)."""
+
     var_weight: float = _f(0.0, "ours, not the paper's: weight of a VICReg variance term (hinge on the per-"
                                 "dimension std of the batch's pooled context features); 0 = the paper's loss")
     cov_weight: float = _f(0.0, "ours: weight of the VICReg covariance term on the same features")
@@ -261,6 +279,8 @@ class LossConfig:
 
 @dataclass
 class LoggingConfig:
+    """The ``logging`` section: the run folder, checkpoints, logs and collapse checks."""
+
     folder: str | None = _f(None, "run folder (the reference's key); `ijepa train --out DIR` overrides it")
     write_tag: str = _f("jepa", "checkpoint and log file prefix")
     log_freq: int = _f(10, "steps between progress-bar / console updates (the CSV gets every step)")
@@ -288,6 +308,9 @@ class LoggingConfig:
 
 @dataclass
 class Config:
+    """A pretraining config: six sections, each a dataclass that validates its keys (``load_config`` builds it;
+    ``to_dict`` gives the YAML form)."""
+
     meta: MetaConfig = field(default_factory=MetaConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -302,8 +325,10 @@ class Config:
             raise ConfigError(f"data.crop_size ({self.data.crop_size}) is not a multiple of mask.patch_size "
                               f"({self.mask.patch_size})")
         side = self.data.crop_size // self.mask.patch_size
-        problem = geometry_problem(side, side, self.mask)
-        if problem is not None:  # the sampler would refuse it after the models are built: say so now
+        # after the models are built the sampler would refuse the first, and give up at some step on the second
+        problem = geometry_problem(side, side, self.mask) or placement_problem(side, side, self.mask,
+                                                                               self.data.batch_size)
+        if problem is not None:
             keys = ", ".join(f"mask.{k}" for k in problem.keys)
             raise ConfigError(f"{keys}: {problem.message} (the grid is data.crop_size {self.data.crop_size} / "
                               f"mask.patch_size {self.mask.patch_size})")
@@ -337,36 +362,6 @@ def resolve_config_path(name_or_path: str | None) -> Path:
                       f"({', '.join(available_configs())})")
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["data.batch_size=64", "optimization.ema=[0.999,1.0]"]`` -> nested dict; values are YAML scalars."""
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form section.key=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if any(not p for p in parts):
-            raise ConfigError(f"override '{item}': bad key '{key}'")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': cannot parse the value ({e})") from None
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}' conflicts with another override")
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict, over: dict) -> dict:
-    merged = dict(base)
-    for k, v in over.items():
-        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
-    return merged
-
-
 def translate_reference_keys(data: dict) -> dict:
     """``data`` (a config's sections, as read) with the reference's keys that are not ours rewritten as
     :data:`REFERENCE_KEYS` says; ``data`` itself is left as it was."""
@@ -398,7 +393,21 @@ def config_from_dict(data: dict) -> Config:
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the CPU default), apply ``key.sub=value`` overrides, validate, return it."""
+    """Read a YAML config (or the CPU default), apply ``key.sub=value`` overrides, validate, return it.
+
+    Args:
+        name_or_path: a shipped config's name (``ijepa config --list``), a YAML file, or None for the CPU default
+            (``fmnist_cpu``). The reference's recipe files load as they are: their keys that are not ours are
+            translated as the file is read.
+        overrides: ``section.key=value`` strings, values in YAML (``"optimization.ema=[0.999,1.0]"``); a later
+            one wins.
+
+    Returns:
+        The validated ``Config``.
+
+    Raises:
+        ijepa.errors.ConfigError: an unknown key, a wrong type or an impossible value, naming the key.
+    """
     path = resolve_config_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -406,11 +415,11 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    data = _merge(data, parse_overrides(overrides or []))
+    data = merge_overrides(data, parse_overrides(overrides or []))
     try:
         return config_from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path.name}: {e}") from None
+        raise ConfigError(where_from(str(e), path.name, overrides or [])) from None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

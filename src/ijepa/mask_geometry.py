@@ -3,7 +3,8 @@
 Pure NumPy on tiny arrays, no torch: the config validates with it (an impossible geometry is a config error at
 load time, naming the keys) and the sampler (``ijepa.masks``) calls the same function when it is constructed, so
 the two can never disagree. Sizes follow the sampler's formulas exactly (``MultiBlockMaskSampler._block_hw`` for
-the default mode, the reference's own for ``mode="reference"``).
+the default mode, the reference's own for ``mode="reference"``). ``placement_problem`` (blocks that fit but seldom
+leave enough context, so that the sampler would give up at some step) needs the batch size: the config runs it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-__all__ = ["GeometryProblem", "MaskGeometry", "geometry_problem", "reference_block_size",
+__all__ = ["GeometryProblem", "MaskGeometry", "geometry_problem", "placement_problem", "reference_block_size",
            "reference_hang_message"]
 
 # Resolution of the draw grids: sizes are drawn from continuous ranges, so the check walks a fine grid of draws.
 GRID_POINTS = 257
+# How often the default sampler re-draws a failing image's positions before it gives up (masks._MAX_TRIES).
+REDRAWS = 100
+# placement_problem's bound on the share of batches that would exhaust the re-draws.
+FAILING_BATCHES = 1e-3
 
 
 class MaskGeometry(Protocol):
     """The fields the check reads (those of ``ijepa.config.MaskConfig``, the mask section and the sampler's config)."""
 
     mode: str
+    num_enc_masks: int
+    num_pred_masks: int
     enc_mask_scale: tuple[float, float]
     pred_mask_scale: tuple[float, float]
     aspect_ratio: tuple[float, float]
@@ -97,6 +104,43 @@ def _default_problem(height: int, width: int, cfg: MaskGeometry) -> GeometryProb
         f"{height}x{width} grid, fewer than min_keep={cfg.min_keep}; lower min_keep or the target scale, or set "
         "allow_overlap=True",
         ("pred_mask_scale", "enc_mask_scale", "min_keep"))
+
+
+def placement_problem(height: int, width: int, cfg: MaskGeometry, batch_size: int) -> GeometryProblem | None:
+    """``None`` when default-mode blocks (targets cut out of the contexts) leave ``min_keep`` context patches often
+    enough that a batch of ``batch_size`` practically never exhausts the sampler's ``REDRAWS`` re-draws of an
+    image; else why not. Blocks that fit (``geometry_problem``) but seldom leave enough, e.g. many target
+    blocks, would make the sampler give up at a random step of the run.
+
+    Estimated on seeded placements of the largest target blocks and the smallest contexts the scales give (the
+    draws that keep least): a batch fails when one of its images fails every re-draw, and more than
+    ``FAILING_BATCHES`` of the batches failing is a problem."""
+    if cfg.mode == "reference" or cfg.allow_overlap:  # the reference's loop relaxes itself; overlap cuts nothing
+        return None
+    most = max(cfg.num_pred_masks, cfg.num_enc_masks) * height * width
+    n, rng = max(64, min(1024, 2**25 // most)), np.random.default_rng(0)  # placements, at most 32 MB of masks
+    rows, cols = np.arange(height), np.arange(width)
+
+    def blocks(scale: float, aspect: float, count: int) -> tuple[np.ndarray, tuple[int, int]]:
+        (h, w), = default_block_sizes(height, width, np.array([scale]), np.array([aspect]))
+        top = rng.integers(0, height - h + 1, (n, count, 1))
+        left = rng.integers(0, width - w + 1, (n, count, 1))
+        inside = ((rows >= top) & (rows < top + h))[..., :, None] & ((cols >= left) & (cols < left + w))[..., None, :]
+        return inside, (int(h), int(w))
+
+    targets, (th, tw) = blocks(cfg.pred_mask_scale[1], float(np.clip(1.0, *cfg.aspect_ratio)), cfg.num_pred_masks)
+    contexts, (ch, cw) = blocks(cfg.enc_mask_scale[0], 1.0, cfg.num_enc_masks)
+    kept = (contexts & ~targets.any(1, keepdims=True)).sum((2, 3))
+    works = float((kept >= cfg.min_keep).all(1).mean())
+    if (1.0 - works) ** REDRAWS * batch_size <= FAILING_BATCHES:
+        return None
+    return GeometryProblem(
+        f"{cfg.num_pred_masks} target blocks of {th}x{tw} (pred_mask_scale={tuple(cfg.pred_mask_scale)}) leave "
+        f"min_keep={cfg.min_keep} patches of {cfg.num_enc_masks} context block(s) of {ch}x{cw} "
+        f"(enc_mask_scale={tuple(cfg.enc_mask_scale)}) in only {works:.1%} of {n} random placements on the "
+        f"{height}x{width} grid; the sampler gives up on an image after {REDRAWS} re-draws, so a batch of "
+        f"{batch_size} would fail at some step: lower num_pred_masks, num_enc_masks, the target scale or min_keep, "
+        "or set allow_overlap=True", ("num_pred_masks", "num_enc_masks", "pred_mask_scale", "min_keep"))
 
 
 def reference_block_size(height: int, width: int, rand: float, scale: tuple[float, float],
