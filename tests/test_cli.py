@@ -66,7 +66,8 @@ def test_config_error_is_one_line_and_nothing_starts(tmp_path, capsys):
     # --config: the default rung depends on the machine (this must hold on an AVX2-only CI runner too)
     assert main(["train", "--config", "fmnist_cpu", "--out", str(tmp_path / "run"), "optimization.lr=-1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "ijepa: config error: fmnist_cpu.yaml: optimization.lr must be >= 0, got -1.0"
+    # the value came from the command line, which the message names (not the config file)
+    assert err == "ijepa: config error: command line: optimization.lr=-1: must be >= 0, got -1.0"
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
 

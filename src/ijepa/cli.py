@@ -14,9 +14,10 @@ from collections.abc import Callable
 import yaml
 
 from .config import PRECISIONS, available_configs, describe, load_config
+from .data.layout import FOLDER_KINDS, FOLLOW_HELP, SPLIT_FOLDERS, SPLITS, split_help
 from .data.shards.cli import build_arg_parser as add_shards_args
 from .errors import IJepaError
-from .ladder import describe_ladder
+from .ladder import LADDER, describe_ladder
 from .viz.cli import register as register_viz
 
 TRAIN_EPILOG = """\
@@ -34,6 +35,17 @@ the CPU default (no --config): a small ViT on Fashion-MNIST, the rung of this la
 distributed:
   torchrun --nproc_per_node 8 -m ijepa train --config in1k_vith14_ep300 data.root_path=/data ...
   (or under SLURM, srun one task per GPU; see docs/distributed.md)
+
+the run folder (docs/robustness.md):
+  One run at a time: a second `ijepa train` into a folder in use stops, naming the owner (pid, host, since).
+  A resume with other values of keys that change the run is refused, naming them, unless --allow-config-change
+  (then config_changes.jsonl records them). summary.json says "complete": true once the run reached its last step.
+
+exit status:
+  0    the run ended by itself (summary.json "complete": false if optimization.max_steps stopped it early)
+  130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM, 138 by SIGUSR1: the latest checkpoint holds the step reached
+       and re-running the same command resumes it (a second signal stops at once, also with 128 + its number)
+  2    a config error (nothing was started); 1 any other error, printed as one line
 """
 DTYPE_HELP = ("the precision policy (meta.precision in training): auto = bf16 where native, fp16 with a gradient "
               "scaler on CUDA GPUs without bf16, fp32 elsewhere; an emulated bf16/fp16 runs as asked, with a warning")
@@ -42,13 +54,15 @@ DTYPE_HELP = ("the precision policy (meta.precision in training): auto = bf16 wh
 def _train(args: argparse.Namespace) -> int:
     # Imported here, not at the top: the recipe imports torch, and building the parser must not.
     from .recipes import train_command
+    from .train.loop import exit_status
 
     flags = [f"optimization.minutes={args.minutes}"] if args.minutes is not None else []
     flags += [f"meta.precision={args.dtype}"] if args.dtype else []
+    flags += ["meta.allow_config_change=true"] if args.allow_config_change else []
     summary = train_command(args.config, args.out, list(args.overrides) + flags)
     if summary.get("world_size", 1) == 1 or _is_rank0():
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, indent=2))
-    return 0
+    return exit_status(summary)  # non-zero for a run a signal stopped: `ijepa train ... && ijepa eval ...` waits
 
 
 def _is_rank0() -> bool:
@@ -62,7 +76,18 @@ def _config(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(available_configs()))
         return 0
-    cfg = load_config(args.config, args.overrides)
+    name = args.config
+    if name is None:  # what `ijepa train` runs here: the rung this machine's hardware gets (no step is timed)
+        from .recipes import native_rung  # imports torch: only here, where the hardware is asked
+
+        rung, why = native_rung()
+        name = rung.config
+        print(f"# no --config: {name}, the CPU default's rung for this machine's hardware ({why}).")
+        if rung.min_fit is not None and rung is not LADDER[-1]:
+            lower = LADDER[LADDER.index(rung) + 1].config
+            print(f"# `ijepa train` first times a few steps and runs {lower} instead where, on a quiet machine, "
+                  f"the time limit would fit under {rung.min_fit:.0%} of the configured steps (docs/cpu-recipe.md).")
+    cfg = load_config(name, args.overrides)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
@@ -95,6 +120,9 @@ def _add_train(sub) -> None:
                         "goes, every schedule annealed to the last step (the plan: horizon.json; a re-run resumes "
                         "it, optimization.replay=RUN/horizon.json replays it)")
     t.add_argument("--dtype", choices=PRECISIONS, help="meta.precision: " + DTYPE_HELP)
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="meta.allow_config_change: resume a checkpoint written with other values of keys that change "
+                        "the run, going on with the new ones (config_changes.jsonl records each change and its step)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
     t.set_defaults(run="ijepa.cli:_train")
 
@@ -102,7 +130,8 @@ def _add_train(sub) -> None:
 def _add_config(sub) -> None:
     c = sub.add_parser("config", help="show a resolved config, list shipped configs, or document every key",
                        description="Print the config that `ijepa train` would run (after overrides), validated.")
-    c.add_argument("--config", "-c", help="YAML file or shipped config name")
+    c.add_argument("--config", "-c", help="YAML file or shipped config name (default: what `ijepa train` runs here, "
+                                          "the CPU default's rung for this machine's hardware)")
     c.add_argument("--keys", action="store_true", help="every key with its default and meaning (Markdown)")
     c.add_argument("--list", action="store_true", help="names of the shipped configs")
     c.add_argument("overrides", nargs="*", metavar="key=value")
@@ -131,17 +160,30 @@ def _add_eval(sub) -> None:
     e.add_argument("--baselines", default="random,pixels",
                    help="comma-separated baselines run through the same code: random (same architecture, "
                         "fresh weights), pixels (raw pixels); '' for none")
-    e.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "folder"])
-    e.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)")
-    e.add_argument("--train-dir", help="with --dataset folder: training images in class sub-folders")
-    e.add_argument("--test-dir", help="with --dataset folder: test images in class sub-folders")
-    e.add_argument("--limit", type=int, help="use only the first N images of each split")
+    e.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"],
+                   help=f"fashion_mnist: fit on its training set, test on its test set; or a folder: {FOLDER_KINDS}. "
+                        "The protocols need labels: imagefolder, fitted on ROOT/train and tested on ROOT/val (or "
+                        "ROOT/test); folder is refused")
+    e.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist), or the "
+                                  "imagefolder ROOT with its train/ and val/ (or test/) split folders")
+    e.add_argument("--split", choices=["val", "test"],
+                   help=f"the split tested on, ROOT/<split>. {SPLIT_FOLDERS}. Without --split: val/, else test/; "
+                        "Fashion-MNIST: its test set")
+    e.add_argument("--train-dir", help="with --dataset imagefolder, instead of --root: the training images, in class "
+                                       "sub-folders")
+    e.add_argument("--test-dir", help="with --dataset imagefolder, instead of --root: the test images, in class "
+                                      "sub-folders")
+    e.add_argument("--limit", type=int, metavar="N",
+                   help="only N images of each split: the first N of Fashion-MNIST's, a seeded random N of a "
+                        "folder's (its first N would be its first classes only)")
+    e.add_argument("--follow-symlinks", action="store_true", help=FOLLOW_HELP)
     e.add_argument("--pooling", default="mean", choices=["mean", "last4"],
                    help="mean of last-layer patch tokens (paper), or the means of the last 4 layers concatenated")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--attentive-epochs", type=int, default=20)
+    e.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    e.add_argument("--attentive-epochs", type=int, default=20, help="training epochs of the attentive probe "
+                                                                      "(default 20)")
     e.add_argument("--json", help="where to write the results (default: beside the checkpoint)")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(run="ijepa.eval.commands:eval_command")
 
 
@@ -157,13 +199,17 @@ def _add_finetune(sub) -> None:
                    help="for files holding both: the target (EMA) encoder or the context encoder")
     f.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
     data = f.add_mutually_exclusive_group()
-    data.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist"],
-                      help="Fashion-MNIST: train on the training set, validate on the 10,000 test images")
-    data.add_argument("--images", metavar="DIR",
-                      help="image folder with class sub-folders (with train/ and val/ (or test/) sub-folders "
-                           "those are the splits, else --val-fraction of each class is held out)")
-    f.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)")
-    f.add_argument("--val-fraction", type=float, default=0.1, help="with --images and no val/ folder")
+    data.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"],
+                      help="fashion_mnist: train on the training set, validate on the 10,000 test images; or a "
+                           f"folder: {FOLDER_KINDS}. A classifier needs labels: imagefolder, trained on ROOT/train "
+                           "and validated on ROOT/val (or ROOT/test), or without split folders on all but "
+                           "--val-fraction of each class; folder is refused")
+    data.add_argument("--images", metavar="DIR", help="the same as --dataset imagefolder --root DIR")
+    f.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist), or the "
+                                  f"imagefolder ROOT. {SPLIT_FOLDERS}")
+    f.add_argument("--val-fraction", type=float, default=0.1,
+                   help="with an imagefolder ROOT without split folders: the share of each class held out to "
+                        "validate on (default 0.1)")
     f.add_argument("--out", "-o", required=True, help="folder for finetune_log.csv, metrics.json and model/")
     f.add_argument("--epochs", type=int, help="default 10")
     f.add_argument("--batch-size", type=int, help="default 128")
@@ -178,10 +224,12 @@ def _add_finetune(sub) -> None:
     f.add_argument("--dtype", choices=PRECISIONS, help=DTYPE_HELP)
     f.add_argument("--seed", type=int, help="default 0")
     f.add_argument("--no-augment", action="store_true", help="no random-resized crop or flip")
-    f.add_argument("--limit", type=int, help="use only N images of each split")
+    f.add_argument("--limit", type=int, metavar="N",
+                   help="only N images of each split: the first N of Fashion-MNIST's, a seeded random N of a "
+                        "folder's")
     f.add_argument("--export-hf", metavar="DIR", help="also write a transformers IJepaForImageClassification folder")
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(run="ijepa.eval.commands:finetune_command")
 
 
@@ -189,14 +237,25 @@ def _add_extract(sub) -> None:
     x = sub.add_parser("extract", help="extract features to .npy or .safetensors",
                        description="Run a frozen encoder over a dataset and save pooled features (and labels).")
     _add_model_args(x)
-    x.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"])
-    x.add_argument("--root", help="dataset folder")
-    x.add_argument("--split", default="test", choices=["train", "test"], help="Fashion-MNIST split")
-    x.add_argument("--limit", type=int)
-    x.add_argument("--pooling", default="mean", choices=["mean", "last4", "tokens"])
-    x.add_argument("--batch-size", type=int, default=256)
+    x.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"],
+                   help=f"fashion_mnist, or a folder under --root: {FOLDER_KINDS}")
+    x.add_argument("--root", help="the dataset's folder (Fashion-MNIST default /usr/share/datasets/fashion-mnist)")
+    x.add_argument("--split", choices=SPLITS,
+                   help=split_help("Fashion-MNIST's test set (it has train and test); a ROOT without split folders, "
+                                   "whole; a ROOT with them stops and asks for --split: the features are of one "
+                                   "split, and a guess would be silent"))
+    x.add_argument("--limit", type=int, metavar="N", help="only the first N images (for a folder, in sorted file "
+                                                          "order)")
+    x.add_argument("--follow-symlinks", action="store_true", help=FOLLOW_HELP)
+    x.add_argument("--pooling", default="mean", choices=["mean", "last4", "tokens"],
+                   help="mean: the mean of the last block's patch tokens, (N, D), the paper's linear-probe input "
+                        "(default); last4: the means of the last 4 blocks concatenated, (N, 4D), for encoders of 4 "
+                        "or more blocks; tokens: every patch token, (N, T, D), for an attentive probe")
+    x.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     x.add_argument("--dtype", choices=PRECISIONS, default="auto", help=DTYPE_HELP)
-    x.add_argument("--out", "-o", required=True, help="features file: .npy (labels beside it) or .safetensors")
+    x.add_argument("--out", "-o", required=True,
+                   help="features file, checked before any work: .npy (NAME_labels.npy and the record NAME.json "
+                        "beside it) or .safetensors (one file)")
     x.set_defaults(run="ijepa.eval.commands:extract_command")
 
 
@@ -204,10 +263,18 @@ def _add_convert(sub) -> None:
     c = sub.add_parser("convert", help="convert a checkpoint to transformers, timm or our format",
                        description="Read any format `ijepa.interop.load` reads; write a transformers IJepaModel "
                                    "folder (hf), a timm folder or .safetensors (timm), or our .safetensors export.")
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.add_argument("--to", default="ijepa", choices=["hf", "timm", "ijepa"])
-    c.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"])
+    c.add_argument("src", metavar="SRC", help="a checkpoint file, run folder, transformers/timm folder, our export, "
+                                              "a published model's name (with --path) or a Hugging Face Hub repo id")
+    c.add_argument("dst", metavar="DST", help="where to write: a folder for hf (and for timm, unless DST ends in "
+                                              ".safetensors), a .safetensors file for ijepa. A folder is written "
+                                              "whole and replaces DST, which may hold only an earlier export")
+    c.add_argument("--to", default="ijepa", choices=["hf", "timm", "ijepa"],
+                   help="hf: a transformers IJepaModel folder; timm: a timm folder, or for a DST ending in "
+                        ".safetensors that file and a .json of its name beside it; ijepa: our .safetensors, "
+                        "architecture and input spec inside (default)")
+    c.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"],
+                   help="for files holding both: the target (EMA) encoder, as the paper evaluates, or the context "
+                        "encoder (what the published transformers and timm ports carry)")
     c.add_argument("--with-predictor", action="store_true", help="ijepa format only: keep the predictor")
     c.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
     c.set_defaults(run="ijepa.interop.commands:convert_command")
@@ -215,9 +282,11 @@ def _add_convert(sub) -> None:
 
 def _add_shards(sub) -> None:
     sh = sub.add_parser("shards", help="pack an image folder into WebDataset-style tar shards for training",
-                        description="Pack a folder (class sub-folders, or any tree with --unlabelled) into tar "
-                                    "shards with an index.json; train on them with data.dataset=shards "
-                                    "data.root_path=DST. Image bytes are copied, never re-encoded.")
+                        description="Pack a folder (imagefolder: class sub-folders; or, with --unlabelled, folder: "
+                                    "every image) into tar shards with an index.json; train on them with "
+                                    "data.dataset=shards data.root_path=DST. Image bytes are copied, never "
+                                    "re-encoded; files that are not images or are over the pixel limit are left "
+                                    "out, each named in the summary and index.json.")
     add_shards_args(sh)
     sh.set_defaults(run="ijepa.data.shards.writer:shards_command")
 
@@ -246,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     except IJepaError as e:  # the errors we raise on purpose: one line; anything else is a bug (traceback)
         print(f"ijepa: {e.kind}: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("ijepa: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C outside a run's loop, or a second stop signal while a run saved
+        print("ijepa: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

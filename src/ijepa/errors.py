@@ -1,4 +1,4 @@
-"""One family for every error a user is meant to read: the CLI prints any :class:`IJepaError` as one line
+"""One family for every error a user is meant to read: the CLI prints any ``IJepaError`` as one line
 (``ijepa: <kind>: <message>``) and needs no list of names. Modules subclass these; nothing else is caught."""
 
 from __future__ import annotations
@@ -75,6 +75,24 @@ class NonFiniteLossError(IJepaError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left alone."""
 
     kind = "training stopped"
+
+
+class ConfigChangedError(ConfigError):
+    """A resume whose config changes the run the checkpoint was written by: names each key, old -> new."""
+
+    kind = "config changed"
+
+
+class RunFolderInUseError(IJepaError):
+    """Another live process holds the run folder's lock: names it (pid, host, since when)."""
+
+    kind = "run folder in use"
+
+
+class DiskFullError(IJepaError):
+    """No space left while a run wrote a file: names the file and what is intact (the previous checkpoint)."""
+
+    kind = "disk full"
 
 
 def preview(names: list[str], n: int = 5) -> str:

@@ -4,8 +4,9 @@ Layout (a dict, ``torch.save``d): the reference's keys ``encoder``, ``predictor`
 ``scaler``, ``epoch``, ``loss``, ``batch_size``, ``world_size``, ``lr`` — so tools written for its files read ours —
 and ours: ``format`` ("ijepa"), ``version``, ``step`` (global), ``batch_in_epoch`` (sampler position), ``rng``
 (global CPU/CUDA generator states, for stochastic depth), ``arch`` (what rebuilds the models), ``input_spec``,
-``config`` (the resolved run config), ``horizon`` (the run's length and, for a timed run, its plan so far: a resume
-continues it; ``horizon.py``). ``scaler`` holds fp16's loss-scaler state.
+``config`` (the resolved run config, which a resume compares with its own: ``runfolder.py``), ``horizon`` (the
+run's length and, for a timed run, its plan so far: a resume continues it; ``horizon.py``). ``scaler`` holds
+fp16's loss-scaler state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..io import read_torch, save_torch
 from . import distributed as D
 from .horizon import Horizon
 from .ijepa import IJEPA
+from .runfolder import no_space
 from .schedules import Schedules
 
 __all__ = ["Checkpointer", "load_checkpoint", "read_resume", "rng_state", "save_checkpoint", "set_rng_state"]
@@ -92,9 +94,10 @@ class Checkpointer:
         if self.is_main:
             state = self.state(step, loss)
             # the kept copy first: a crash between the two writes resumes from the older latest and writes both again
-            if keep_epoch is not None:
-                save_checkpoint(state, self.out / f"{self.tag}-ep{keep_epoch}.pth.tar")
-            save_checkpoint(state, self.latest)
+            paths = [self.out / f"{self.tag}-ep{keep_epoch}.pth.tar"] if keep_epoch is not None else []
+            for path in [*paths, self.latest]:
+                with no_space(path, self.latest):
+                    save_checkpoint(state, path)
         D.barrier()
 
     def restore(self, path: Path, ckpt: dict[str, Any]) -> tuple[int, float]:

@@ -20,17 +20,19 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..data.datasets import read_sample
+from ..data.datasets import dataset_info, read_sample
+from ..data.decode import Unreadable
 from ..data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, default_max_size
 from ..data.loader import InMemoryBatches, build_loader
 from ..data.shards.reader import ShardDataset, build_shard_loader
-from ..data.sources import first, mode_for, normalisation, open_images, require
+from ..data.sources import Probe, first, mode_for, normalisation, open_images, require, require_images
 from ..data.transforms import (
     BatchRandomResizedCrop,
     make_eval_transform,
     make_pretrain_transform,
     normalize_batch,
 )
+from ..errors import DataError
 from ..seeding import generator_for, stream_seed
 from ..spec import InputSpec
 from .distributed import DistInfo
@@ -50,8 +52,7 @@ class InMemoryPipeline:
         self.batches = InMemoryBatches(images, torch.zeros(len(images), dtype=torch.long), cfg.batch_size,
                                        rank=dist.rank, world_size=dist.world_size, seed=seed, drop_last=True)
         if len(self.batches) == 0:
-            raise ValueError(f"{len(images)} images are fewer than one batch of {cfg.batch_size} per process "
-                             f"× {dist.world_size} processes")
+            raise DataError(f"{cfg.dataset}: {len(images)} images are fewer than {_one_batch(cfg, dist)}")
         self.crop = BatchRandomResizedCrop(cfg.crop_size, scale=cfg.crop_scale,
                                            horizontal_flip=cfg.use_horizontal_flip)
         self._steps = len(self.batches)
@@ -123,6 +124,10 @@ class LoaderPipeline:
                  mean: tuple[float, ...], std: tuple[float, ...], eval_dataset):
         self.cfg, self.dist, self.device, self.seed = cfg, dist, device, seed
         self.eval_dataset = eval_dataset
+        # Files monitor_batch could not use: reported with the next batch, then not counted again when training
+        # first meets them, so each file's occurrences stay one per epoch (see monitor_batch).
+        self._monitor_skips: list[Unreadable] = []
+        self._counted: set[str] = set()
         # data.gpu_augment: the workers send (canvases, sizes); crops and colour run here, on the device
         self.augment = BatchAugment.from_config(cfg, mean, std) if cfg.gpu_augment else None
         pin = cfg.pin_mem and device.type == "cuda"
@@ -135,9 +140,8 @@ class LoaderPipeline:
                 self.dataset, cfg.batch_size, rank=dist.rank, world_size=dist.world_size, seed=seed,
                 num_workers=cfg.num_workers, pin_memory=pin, drop_last=True)
         self._steps = len(self.loader)
-        if self._steps == 0:
-            raise ValueError(f"{len(dataset)} images are fewer than one batch of {cfg.batch_size} per process "
-                             f"× {dist.world_size} processes")
+        if self._steps == 0:  # build_pipeline checks the count first; kept for pipelines built directly
+            raise DataError(f"{len(dataset)} images are fewer than {_one_batch(cfg, dist)}")
         self.input_spec = InputSpec(cfg.crop_size, cfg.in_chans, mean, std)
 
     @property
@@ -150,6 +154,8 @@ class LoaderPipeline:
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start, self.cfg.batch_size)
         for i, (images, _, skipped) in enumerate(self.loader, start=start):
+            skipped = [*self._monitor_skips, *self._not_counted(skipped)]
+            self._monitor_skips = []
             if images is None:
                 yield None, skipped
                 continue
@@ -160,22 +166,49 @@ class LoaderPipeline:
             g = generator_for("gpu_augment", self.seed, self.dist.rank, epoch, i)
             yield self.augment(canvases.to(self.device, non_blocking=True), sizes, g), skipped
 
+    def _not_counted(self, skipped: list) -> list:
+        """``skipped`` less the files monitor_batch reported already (once each: a later epoch counts again)."""
+        out = []
+        for u in skipped:
+            if u is not None and u.source in self._counted:
+                self._counted.discard(u.source)
+                continue
+            out.append(u)
+        return out
+
     def knn_sets(self) -> None:
         return None  # folder and shard pipelines: no labelled held-out split to use
 
     def monitor_batch(self, n: int = 256) -> torch.Tensor:
-        items = [self.eval_dataset[i] for i in range(min(n, len(self.eval_dataset)))]
-        return torch.stack([it[0] for it in items if it is not None]).to(self.device)
+        """The first n images, not augmented. A file among them that cannot be used is skipped here too and
+        reported with the next training batch's skips, standing in for the first time training meets it: the
+        run's final line names every file a warning named, also one the training batches never reach (cut off
+        by the last partial batch or by the run's end)."""
+        if isinstance(self.eval_dataset, _FirstItems):
+            items, skipped = self.eval_dataset.items[:n], self.eval_dataset.skipped
+        else:
+            read = [read_sample(self.eval_dataset, i) for i in range(min(n, len(self.eval_dataset)))]
+            items = [it for it in read if not isinstance(it, Unreadable)]
+            skipped = [it for it in read if isinstance(it, Unreadable)]
+        self._monitor_skips = [u for u in skipped if u is not None]
+        self._counted = {u.source for u in self._monitor_skips}
+        if not items:
+            raise DataError(f"none of the first {len(skipped)} images can be read (first: {skipped[0]}): the "
+                            "collapse checks need a fixed batch of readable ones")
+        return torch.stack([it[0] for it in items]).to(self.device)
 
 
 class _FirstItems:
-    """The first n items of an iterable dataset, indexable (for the fixed monitoring batch)."""
+    """The first n usable items of an iterable dataset, indexable (for the fixed monitoring batch), and the
+    unusable ones met on the way (``skipped``)."""
 
     def __init__(self, dataset, n: int):
-        self.items = []
+        self.items, self.skipped = [], []
         for item in dataset:
-            if item is not None:
-                self.items.append(item)
+            if item is None or isinstance(item, Unreadable):
+                self.skipped.append(item)
+                continue
+            self.items.append(item)
             if len(self.items) >= n:
                 break
 
@@ -186,7 +219,27 @@ class _FirstItems:
         return self.items[i]
 
 
+def _one_batch(cfg: DataConfig, dist: DistInfo) -> str:
+    return (f"one batch of {cfg.batch_size} per process × {dist.world_size} process(es): lower data.batch_size or "
+            "add images")
+
+
+def check_channels(cfg: DataConfig, probe: Probe, where: object) -> None:
+    """Refuse to train a 1-channel model on colour images: the CPU default's data keys (Fashion-MNIST's 1 channel at
+    36 or 28 px) must not carry over silently to a folder of photos. Failing, rather than taking the channels and
+    size from the images, because that default's model, patch size and time limit were chosen for 28-px grey
+    images: a run at 224 px in colour is another run, which its user should ask for by name."""
+    if cfg.in_chans == 1 and probe.colour:
+        raise DataError(f"{where} holds colour images but data.in_chans is 1 (the Fashion-MNIST CPU default's, at "
+                        f"data.crop_size {cfg.crop_size}): set data.in_chans=3 and a data.crop_size for these images "
+                        "(a multiple of mask.patch_size), or start from a config made for image folders, e.g. "
+                        "--config imagenette_vits16")
+
+
 def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device):
+    """The training data ``cfg`` names, checked before any model is built: a folder or shard set too small for
+    one batch, with no readable image, or in colour for a 1-channel model is one :class:`DataError` line. A folder
+    with split folders trains on ``train/`` (:mod:`ijepa.data.layout`)."""
     # the config's statistics, else the dataset's default (Fashion-MNIST's own; InputSpec's rule for folders)
     default_mean, default_std = normalisation(cfg.dataset, cfg.in_chans)
     mean, std = cfg.mean or default_mean, cfg.std or default_std
@@ -206,15 +259,22 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
     if cfg.gpu_augment:  # the workers only decode; LoaderPipeline augments on the device
         transform = DecodeShrink(cfg.gpu_augment_size or default_max_size(cfg.crop_size), cfg.in_chans)
         draft = 2 * cfg.crop_size
+    need, why = cfg.batch_size * dist.world_size, _one_batch(cfg, dist)
     if cfg.dataset == "shards":
         dataset = open_images("shards", root, transform=transform, mode=mode, limit=cfg.limit, rank=dist.rank,
-                              world_size=dist.world_size, seed=seed, name_skipped=True)
-        eval_ds = open_images("shards", root, transform=eval_tf, mode=mode, shuffle=False)
+                              world_size=dist.world_size, seed=seed, name_skipped=True,
+                              max_pixels=cfg.max_image_pixels)
+        check_channels(cfg, require_images(dataset, root, at_least=need, why=why), root)
+        eval_ds = open_images("shards", root, transform=eval_tf, mode=mode, shuffle=False, limit=cfg.limit,
+                              max_pixels=cfg.max_image_pixels, name_skipped=True)
         return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
     # the limit applies after the canvas wrapper, which needs the folder dataset itself
     dataset = open_images(cfg.dataset, root, transform=transform, mode=mode, draft_size=draft,
-                          max_pixels=cfg.max_image_pixels)
-    eval_ds = open_images(cfg.dataset, root, transform=eval_tf, mode=mode, max_pixels=cfg.max_image_pixels)
+                          max_pixels=cfg.max_image_pixels, follow_symlinks=cfg.follow_symlinks)
+    where = dataset_info(dataset)["root"]  # the split folder read: root/train where the root has split folders
+    check_channels(cfg, require_images(first(dataset, cfg.limit), where, at_least=need, why=why), where)
+    eval_ds = open_images(cfg.dataset, root, transform=eval_tf, mode=mode, max_pixels=cfg.max_image_pixels,
+                          follow_symlinks=cfg.follow_symlinks, limit=cfg.limit)  # the files training reads
     if cfg.gpu_augment:
         dataset = CanvasFolder(dataset)
     return LoaderPipeline(first(dataset, cfg.limit), cfg, dist, seed, device, mean, std, eval_ds)

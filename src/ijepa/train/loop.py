@@ -1,15 +1,18 @@
 """I-JEPA pretraining: one optimisation step (``train_step``) and the run around it (``train``).
 
 ``build_run`` makes the run's parts once, top to bottom, each complete when made: device and process group ->
-data -> model -> optimizer -> scaler -> horizon and schedules -> checkpointer (and the state a resumed run
-continues from). ``train`` then runs the loop. The parts live beside this file: the model and its loss in
+the run folder's lock and the checkpoint a resume continues from (a changed config is refused here, before any
+work; ``runfolder.py``) -> data -> model -> optimizer -> scaler -> horizon and schedules -> checkpointer.
+``train`` then runs the loop. The parts live beside this file: the model and its loss in
 ``ijepa.py`` and ``losses.py``, the run's length in ``horizon.py``, the schedules in ``schedules.py``, checkpoints
 in ``checkpoint.py``, the logs in ``runlog.py``, the collapse checks in ``monitor.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -35,10 +38,11 @@ from .ijepa import IJEPA
 from .inputs import build_pipeline
 from .losses import describe_loss
 from .monitor import Monitor
+from .runfolder import config_change, no_space, own_run_folder
 from .runlog import RunLog, step_row
 from .schedules import Schedules
 
-__all__ = ["Run", "TrainState", "build_run", "train", "train_step"]
+__all__ = ["Interrupted", "Run", "TrainState", "build_run", "exit_status", "train", "train_step"]
 
 
 @dataclass
@@ -69,29 +73,65 @@ def train_step(s: TrainState, images: torch.Tensor, masks_enc: list[torch.Tensor
     return loss.detach()
 
 
-class Preemption:
-    """SIGTERM / SIGUSR1 (what SLURM sends before pre-emption) set a flag; the loop saves and exits at the
-    next step boundary instead of dying mid-write."""
+class Interrupted(KeyboardInterrupt):
+    """A second stop signal while a run is stopping: stop at once. ``exit_code`` is the shell's 128 + the signal's
+    number."""
 
-    def __init__(self):
+    def __init__(self, signum: int):
+        super().__init__(f"a second {signal.Signals(signum).name} while the run was saving")
+        self.exit_code = 128 + signum
+
+
+# The signals that stop a run at the next step boundary, with a checkpoint.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+class Preemption:
+    """SIGINT (Ctrl-C), SIGTERM and SIGUSR1 (what SLURM sends before pre-emption) set a flag; the loop saves and
+    exits at the next step boundary instead of dying mid-write. A second one raises ``Interrupted`` there and
+    then, so a save can still be cut short (atomic writes keep the checkpoint before it). Loader workers forked
+    meanwhile inherit the handler and ignore the signals (a terminal's Ctrl-C reaches them too): the main process
+    stops them. A signal the process started with ignored stays ignored (a script's background job ignores SIGINT,
+    so that a Ctrl-C meant for the script leaves it running)."""
+
+    def __init__(self, is_main: bool = True):
         self.requested: str | None = None
+        self.is_main = is_main
         self._old = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> Preemption:
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                try:
-                    self._old[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread (e.g. some notebook runners)
-                    pass
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
+                continue
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook runners)
+                pass
         return self
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked loader worker
+            return
+        if self.requested is not None:
+            raise Interrupted(signum)
         self.requested = f"received {signal.Signals(signum).name}"
+        if self.is_main:  # os.write, not print: the signal may have interrupted a print, which cannot re-enter
+            os.write(2, f"ijepa: {self.requested}: stopping after this step with a checkpoint (send it again to "
+                        "stop at once)\n".encode())
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def exit_status(summary: dict) -> int:
+    """The status ``ijepa train`` exits with: 0 for a run that ended by itself, 128 + the signal's number for one
+    a signal stopped (the shell's convention: 130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1), so that
+    ``ijepa train ... && ijepa eval ...`` evaluates no half-trained model."""
+    stopped = summary.get("stopped")
+    return 128 + signal.Signals[stopped.removeprefix("received ")] if stopped else 0
 
 
 # ------------------------------------------------------------------------------------------------ the build
@@ -140,20 +180,25 @@ class Run:
     last_loss: float
     clock: Callable[[], float]
     t_start: float
+    config_change: dict | None  # what a resume changed (runfolder.config_change)
 
 
-def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time.perf_counter,
-              started: float | None = None) -> Run:
-    """Every part of a run, each complete when made; a resumed run's state loaded into them."""
+def build_run(cfg: Config, out: str | Path, hold: contextlib.ExitStack, *,
+              clock: Callable[[], float] = time.perf_counter, started: float | None = None) -> Run:
+    """Every part of a run, each complete when made; a resumed run's state loaded into them. ``hold`` keeps the
+    run folder's lock until the run ends."""
     t_start = clock() if started is None else started  # a time limit counts from here
     device, dist, precision = setup_device(cfg)
+    out = Path(out)
+    hold.enter_context(own_run_folder(out, dist, device))
+    resume = read_resume(out, cfg.logging.write_tag, cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device)
+    change = config_change(resume[1].get("config"), cfg, int(resume[1]["step"]), resume[0]) if resume else None
     data = build_pipeline(cfg.data, dist, cfg.meta.seed, device)
-    ipe, out = data.steps_per_epoch, Path(out)
+    ipe = data.steps_per_epoch
     model = IJEPA.from_config(cfg, data.input_spec).to(device)
     masks = MultiBlockMaskSampler(model.grid_size, cfg.mask)
     optimizer = model.configure_optimizer(cfg.optimization, device.type)
     scaler = precision.grad_scaler()
-    resume = read_resume(out, cfg.logging.write_tag, cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device)
     horizon = build_horizon(cfg.optimization, ipe, t_start=t_start, clock=clock,
                             slowest=lambda s: D.slowest(s, device),
                             resumed=resume[1].get("horizon") if resume else None,
@@ -168,7 +213,7 @@ def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time
     knn = data.knn_sets() if cfg.logging.online_knn else None
     monitor = Monitor(model.target_encoder, data.monitor_batch(), knn, precision)
     return Run(cfg, out, device, dist, data, masks, state, horizon, ckpt, monitor, start_step, last_loss, clock,
-               t_start)
+               t_start, change)
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -176,18 +221,48 @@ def build_run(cfg: Config, out: str | Path, *, clock: Callable[[], float] = time
 
 def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time.perf_counter,
           started: float | None = None) -> dict:
-    """Pretrain as ``cfg`` says, writing everything under ``out_dir``; returns the summary (``summary.json``).
-    ``clock`` times a run with a time limit (a scripted one makes its plan reproducible in tests); ``started`` is
-    when that limit began on it (default: now; the ``ijepa`` command passes its process's start)."""
-    r = build_run(cfg, out_dir, clock=clock, started=started)
+    """Pretrain as ``cfg`` says, writing everything under ``out_dir`` (``ijepa.pretrain`` is this function).
+
+    A run folder that holds a checkpoint is resumed from it (``meta.load_checkpoint``), exactly where it left off.
+
+    Args:
+        cfg: the run's config (``ijepa.load_config``).
+        out_dir: the run folder: ``config.yaml``, ``log.csv``, ``monitor.csv``, ``summary.json``, checkpoints and,
+            with a time limit, ``horizon.json``.
+        clock: times a run with a time limit (a scripted one makes its plan reproducible in tests).
+        started: when that limit began, on ``clock`` (default: now; the ``ijepa`` command passes its process's
+            start, so its start-up counts too).
+
+    Returns:
+        dict: The run's summary, as written to ``summary.json``: steps, epochs, final loss, minutes, images seen and per
+        second, precision, the horizon and its planned and configured steps, skipped files, the last
+        checkpoint and the final collapse checks; ``complete`` says whether it reached its last planned step,
+        ``stopped`` which signal stopped it first (``exit_status``).
+
+    Raises:
+        ijepa.errors.RunFolderInUseError: another live run holds ``out_dir``.
+        ijepa.errors.ConfigChangedError: the checkpoint being resumed was written with other values of keys
+            that change the run (``meta.allow_config_change`` lets it go on).
+        ijepa.errors.DiskFullError: no space left while writing; the checkpoint before is intact.
+    """
+    with contextlib.ExitStack() as hold:  # the run folder's lock, until the run ends
+        summary = run_steps(build_run(cfg, out_dir, hold, clock=clock, started=started))
+    D.cleanup()
+    return summary
+
+
+def run_steps(r: Run) -> dict:
+    """The loop: steps, checks and checkpoints from the resumed step to the horizon's end, or to a stop signal;
+    then the summary."""
+    cfg, clock = r.cfg, r.clock
     lg, horizon = cfg.logging, r.horizon
     ipe, step, skipped, stopped = r.data.steps_per_epoch, r.start_step, SkipTally(), None
     images_per_step = cfg.data.batch_size * r.dist.world_size
     if r.dist.is_main:
         print(describe_loss(cfg.loss), flush=True)
     with RunLog(r.out, cfg, is_main=r.dist.is_main, start_step=step, total_steps=horizon.end,
-                steps_per_epoch=ipe, checkpoint_name=r.ckpt.latest.name, last_loss=r.last_loss) as log, \
-            Preemption() as preempt:
+                steps_per_epoch=ipe, checkpoint_name=r.ckpt.latest.name, last_loss=r.last_loss,
+                config_change=r.config_change) as log, Preemption(r.dist.is_main) as preempt:
         start_timing(r, log)
         t_loop = clock()
         while not horizon.done(step) and stopped is None:
@@ -215,9 +290,7 @@ def train(cfg: Config, out_dir: str | Path, *, clock: Callable[[], float] = time
                 log.monitor(step, r.monitor(step))
                 keep = lg.checkpoint_freq and (step // ipe) % lg.checkpoint_freq == 0
                 r.ckpt.save(step, log.flush(), keep_epoch=step // ipe if keep else None)
-        summary = finish(r, log, step, stopped, skipped, clock() - t_loop, images_per_step)
-    D.cleanup()
-    return summary
+        return finish(r, log, step, stopped, skipped, clock() - t_loop, images_per_step)
 
 
 def start_timing(r: Run, log: RunLog) -> None:
@@ -248,7 +321,8 @@ def replanned(r: Run, log: RunLog) -> None:
     """A re-plan: the progress bar's length and horizon.json follow it."""
     log.set_total(r.horizon.end)
     if r.dist.is_main:
-        atomic_write_json(r.out / "horizon.json", r.horizon.to_json())
+        with no_space(r.out / "horizon.json", r.ckpt.latest):
+            atomic_write_json(r.out / "horizon.json", r.horizon.to_json())
 
 
 def between_steps(r: Run, log: RunLog, step: int) -> None:
@@ -272,7 +346,8 @@ def finish(r: Run, log: RunLog, step: int, stopped: str | None, skipped: SkipTal
     if not stopped:
         log.monitor(step, stats)
     if r.dist.is_main and r.horizon.kind != "fixed":
-        atomic_write_json(r.out / "horizon.json", r.horizon.to_json())
+        with no_space(r.out / "horizon.json", r.ckpt.latest):
+            atomic_write_json(r.out / "horizon.json", r.horizon.to_json())
     done = step - r.start_step
     summary = {"steps": step, "epochs": step / r.data.steps_per_epoch, "final_loss": final_loss,
                "minutes": seconds / 60, "images_seen": done * images_per_step,
@@ -283,14 +358,15 @@ def finish(r: Run, log: RunLog, step: int, stopped: str | None, skipped: SkipTal
                "skipped": dict(list(skipped.reasons.items())[:100]),  # file -> reason, the first 100
                "skipped_line": skipped.line() if skipped.occurrences else None,
                "wall_minutes": (r.clock() - r.t_start) / 60, "checkpoint": str(r.ckpt.latest), "stopped": stopped,
-               **stats}
+               "complete": stopped is None and step >= r.horizon.total, **stats}
     log.write_summary(summary)
     if r.dist.is_main and isinstance(r.horizon, TimedHorizon) and not stopped:
         print(f"time limit: trained {step} of the {r.horizon.nominal} configured steps in "
               f"{r.horizon.elapsed() / 60:.2f} of {r.horizon.minutes:g} min ({len(r.horizon.record) - 1} re-plans, "
               "horizon.json)", flush=True)
     if r.dist.is_main and stopped:
-        print(f"{stopped}: saved {summary['checkpoint']} at step {step}; resume with the same command", flush=True)
+        print(f"{stopped}: saved {summary['checkpoint']} at step {step}; resume with the same command (exit status "
+              f"{exit_status(summary)})", flush=True)
     if r.dist.is_main and skipped.occurrences:
         print(summary["skipped_line"], flush=True)
     return summary

@@ -4,7 +4,9 @@ collapse check), TensorBoard events, the progress bar, ``config.yaml`` and ``sum
 Crash-consistent: the CSVs are only appended to, one flushed batch of whole rows at a time, and at every start
 they are read back, repaired and cut to the checkpoint being resumed from, then replaced atomically — so a kill
 at any moment (mid-row, mid-rewrite, before the header was written) leaves files the next start reads, and after
-a resume each step appears once. ``config.yaml`` and ``summary.json`` are replaced atomically.
+a resume each step appears once. ``config.yaml`` and ``summary.json`` are replaced atomically; a start removes the
+last process's ``summary.json`` (it describes a run that is going on again) and records a resume's config change
+(``runfolder.py``). No space left while writing any of them is one ``DiskFullError``.
 
 Losses stay on the device until :meth:`RunLog.flush` (every ``log_freq`` steps, before each checkpoint and at the
 end): one host sync per log interval, not per step. Every rank flushes (the losses are averaged over ranks);
@@ -27,6 +29,7 @@ from ..config import Config, save_config
 from ..errors import NonFiniteLossError
 from ..io import atomic_write_json, atomic_write_text
 from . import distributed as D
+from .runfolder import no_space, record_config_change
 from .schedules import Schedules
 
 LOG_FIELDS = ["epoch", "step", "loss", "lr", "wd", "momentum", "ctx_tokens", "tgt_tokens", "step_ms",
@@ -79,11 +82,14 @@ def stale_temp_files(out: Path) -> list[Path]:
 
 
 class RunLog:
-    """The run's logs from ``start_step`` (0: a fresh run, whose old logs are replaced) to ``total_steps``."""
+    """The run's logs from ``start_step`` (0: a fresh run, whose old logs are replaced) to ``total_steps``;
+    ``config_change``: what a resume changed (``runfolder.config_change``), recorded beside ``config.yaml``."""
 
     def __init__(self, out: Path, cfg: Config, *, is_main: bool, start_step: int, total_steps: int,
-                 steps_per_epoch: int, checkpoint_name: str, last_loss: float = math.nan):
+                 steps_per_epoch: int, checkpoint_name: str, last_loss: float = math.nan,
+                 config_change: dict | None = None):
         self.out, self.is_main, self.checkpoint_name = Path(out), is_main, checkpoint_name
+        self.latest = self.out / checkpoint_name
         self.steps_per_epoch = steps_per_epoch
         self.pending: list[tuple[dict[str, Any], torch.Tensor]] = []
         self.last_loss, self.last_stats = last_loss, {}
@@ -94,13 +100,17 @@ class RunLog:
         self.out.mkdir(parents=True, exist_ok=True)
         for tmp in stale_temp_files(self.out):
             tmp.unlink(missing_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        (self.out / "summary.json").unlink(missing_ok=True)
+        with no_space(self.out / "config.yaml", self.latest):
+            save_config(cfg, self.out / "config.yaml")
+        record_config_change(self.out, start_step, config_change, self.latest)
         # log.csv holds the steps before start_step; monitor.csv's row at start_step describes the checkpointed
         # weights, so it stays
         logged = [r for r in read_rows(self.out / "log.csv", LOG_FIELDS) if int(r["step"]) < start_step]
         checks = [r for r in read_rows(self.out / "monitor.csv", MONITOR_FIELDS) if int(r["step"]) <= start_step]
-        rewrite_csv(self.out / "log.csv", LOG_FIELDS, logged)
-        rewrite_csv(self.out / "monitor.csv", MONITOR_FIELDS, checks)
+        for name, fields, rows in (("log.csv", LOG_FIELDS, logged), ("monitor.csv", MONITOR_FIELDS, checks)):
+            with no_space(self.out / name, self.latest):
+                rewrite_csv(self.out / name, fields, rows)
         self.monitored = {int(r["step"]) for r in checks}
         self.log_file = open(self.out / "log.csv", "a", newline="")  # noqa: SIM115 (closed in close())
         self.mon_file = open(self.out / "monitor.csv", "a", newline="")  # noqa: SIM115
@@ -130,6 +140,17 @@ class RunLog:
         if not self.pending:
             return self.last_loss
         losses = D.all_reduce_mean(torch.stack([t for _, t in self.pending])).tolist()
+        with no_space(self.out / "log.csv", self.latest):
+            self._write_rows(losses)
+        last_row = self.pending[-1][0]
+        self.pending.clear()
+        self.last_loss = losses[-1]
+        if self.progress is not None and show_lr is not None:
+            self._show(last_row["step"] + 1, show_lr, last_row["images_per_s"])
+        return self.last_loss
+
+    def _write_rows(self, losses: list[float]) -> None:
+        """The pending rows with their losses (rank 0 writes), up to a non-finite one, which stops the run."""
         for (row, _), value in zip(self.pending, losses):
             if not math.isfinite(value):
                 raise NonFiniteLossError(
@@ -143,12 +164,6 @@ class RunLog:
                     self.tb.add_scalar("train/lr", float(row["lr"]), row["step"])
         if self.is_main:
             self.log_file.flush()
-        last_row = self.pending[-1][0]
-        self.pending.clear()
-        self.last_loss = losses[-1]
-        if self.progress is not None and show_lr is not None:
-            self._show(last_row["step"] + 1, show_lr, last_row["images_per_s"])
-        return self.last_loss
 
     def _show(self, step: int, lr: float, images_per_s: str) -> None:
         self.progress.update(step - self.progress.n)
@@ -166,23 +181,32 @@ class RunLog:
             return
         self.monitored.add(step)
         values = {k: f"{v:.5g}" for k, v in stats.items()}
-        self.mon_csv.writerow({"epoch": step // self.steps_per_epoch, "step": step, **values})
-        self.mon_file.flush()
+        with no_space(self.out / "monitor.csv", self.latest):
+            self.mon_csv.writerow({"epoch": step // self.steps_per_epoch, "step": step, **values})
+            self.mon_file.flush()
         if self.tb:
             for k, v in stats.items():
                 self.tb.add_scalar(f"monitor/{k}", v, step)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.is_main:
-            atomic_write_json(self.out / "summary.json", summary)
+            with no_space(self.out / "summary.json", self.latest):
+                atomic_write_json(self.out / "summary.json", summary)
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """Close every file; ``quiet``: while an error propagates, a close that fails (a full disk cannot take the
+        buffered rows) must not replace it."""
         for f in (self.progress, self.log_file, self.mon_file, self.tb):
-            if f is not None:
+            if f is None:
+                continue
+            try:
                 f.close()
+            except OSError:
+                if not quiet:
+                    raise
 
     def __enter__(self) -> RunLog:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.close(quiet=exc[0] is not None)
