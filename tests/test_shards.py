@@ -261,7 +261,7 @@ def test_deterministic_refuses_to_clobber_and_overwrites_cleanly(src, shards, tm
     with pytest.raises(FileExistsError, match="overwrite"):
         write_shards(src, tmp_path / "again")
     assert main([str(src), str(tmp_path / "again"), "--max-count", "20", "--overwrite"]) == 0
-    assert "31 images in 2 shards" in capsys.readouterr().out
+    assert "30 images in 2 shards" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "again").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
 
 

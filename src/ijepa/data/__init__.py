@@ -5,6 +5,7 @@ ImageFolderDataset``): this package imports nothing, so a torch-free part of it 
 by ``ijepa --help``) loads without torch.
 
 - :mod:`.sources`       the one factory: a dataset by kind and root (``open_images``), its normalisation
+- :mod:`.layout`        the folder convention every command follows (kinds, split folders, links), in words
 - :mod:`.datasets`      image folders and in-memory tensors; ``collate_skip_corrupt`` drops unreadable images
 - :mod:`.decode`        one image, and ``Unreadable`` for one that cannot be used
 - :mod:`.fashion_mnist` the IDX files (``load_fashion_mnist``)

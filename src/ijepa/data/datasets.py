@@ -6,7 +6,8 @@ A single unreadable JPEG among a million must not kill a multi-day pretraining r
 file (:class:`~ijepa.data.decode.SkipTally`). ``read(i)`` returns the same item, or an
 :class:`~ijepa.data.decode.Unreadable` saying which file and why, and ``source(i)`` names sample ``i``'s file
 (relative to the root): what extraction records for every row. Decoding follows :mod:`ijepa.data.decode`
-(a pixel limit, JPEG draft decoding).
+(a pixel limit, JPEG draft decoding). Folders are walked by :class:`_Walk`: links to directories only when asked,
+each real directory once.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset, default_collate
 
-from ..errors import DatasetNotFoundError
-from .decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, Unreadable, decode_image
+from ..errors import DataError, DatasetNotFoundError
+from .decode import DEFAULT_MAX_PIXELS, Unreadable, decode_image
+from .layout import SPLITS
 
 logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-
-_DECODE_ERRORS = DECODE_ERRORS  # the shard reader's name for them
 
 Sample = tuple[Any, int]
 
@@ -41,14 +41,108 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMG_EXTENSIONS)
 
 
-def _scan_images(directory: str, followlinks: bool = True) -> list[str]:
-    """All image files under ``directory`` (recursive), sorted so the order is the same on every
-    machine and every rank regardless of what order the file system lists them in."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=followlinks):
-        dirnames.sort()
-        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
-    return sorted(found)
+class _Walk:
+    """The image files under one dataset's folders, each real directory entered at most once.
+
+    Links to image files are read like files. Links to directories are followed only with ``follow_symlinks``,
+    and even then never into a directory of the tree itself (its images are read where they really are, under
+    their own class) nor into one already entered: a ``..`` link or two links pointing at each other cannot
+    multiply the samples or make the walk endless. Directories are told apart by ``(st_dev, st_ino)``, so a
+    bind mount or a second path to the same place is recognised too."""
+
+    def __init__(self, root: str, follow_symlinks: bool = False) -> None:
+        self.follow = follow_symlinks
+        self.seen: set[tuple[int, int]] = set()
+        self.links: list[str] = []  # directory links met and not followed
+        self.inside: set[tuple[int, int]] = set()
+        if follow_symlinks:  # the tree's own real directories: a link to one of them is not followed
+            probe = _Walk(root)
+            probe.images(root)
+            self.inside = probe.seen
+
+    @staticmethod
+    def _key(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:  # a dangling link, or a directory removed meanwhile
+            return None
+        return st.st_dev, st.st_ino
+
+    def may_follow(self, link: str) -> bool:
+        """Whether the directory link ``link`` would be followed (it is remembered when it is not)."""
+        key = self._key(link)
+        if key is None or not self.follow or key in self.inside or key in self.seen:
+            self.links.append(link)
+            return False
+        return True
+
+    def enter_root(self, root: str) -> None:
+        """Mark ``root`` as entered without listing it (a class folder's ``..`` link then leads nowhere new)."""
+        key = self._key(root)
+        if key is not None:
+            self.seen.add(key)
+
+    def _enter(self, path: str, is_link: bool) -> bool:
+        if is_link and not self.may_follow(path):
+            return False
+        key = self._key(path)
+        if key is None or key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+    def images(self, top: str, is_link: bool = False) -> list[str]:
+        """Every image file under ``top``, sorted so the order is the same on every machine and every rank
+        whatever order the file system lists them in. ``top`` itself is read even when it is a link (the root
+        a user names) unless ``is_link`` says it was found as one."""
+        found: list[str] = []
+        stack = [(top, is_link)]
+        while stack:
+            folder, link = stack.pop()
+            if not self._enter(folder, link):
+                continue
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                logger.warning("Cannot list %s (%s: %s); its images are left out", folder, type(e).__name__, e)
+                continue
+            below = []
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        below.append((e.path, False))
+                    elif e.is_symlink() and e.is_dir():
+                        below.append((e.path, True))
+                    elif is_image_file(e.name):
+                        found.append(e.path)
+                except OSError:
+                    continue
+            # depth first in name order: which of two links to one directory is followed is the same on every
+            # machine and rank, so every rank lists the same samples
+            stack.extend(reversed(below))
+        return sorted(found)
+
+    def outside_links(self) -> list[str]:
+        """The directory links not followed that lead out of the tree (what ``follow_symlinks`` would add)."""
+        keys = self.seen | self.inside
+        return [p for p in self.links if (k := self._key(p)) is not None and k not in keys]
+
+    def note(self, root: str) -> str:
+        """A sentence for messages about ``root`` when links to directories outside it were not followed."""
+        if self.follow:
+            return ""
+        links = self.outside_links()
+        if not links:
+            return ""
+        return (f" {len(links)} link(s) to directories outside it were not followed (e.g. "
+                f"{os.path.relpath(links[0], root)}): follow_symlinks (data.follow_symlinks=true, "
+                f"--follow-symlinks) reads them.")
+
+
+def _scan_images(directory: str, follow_symlinks: bool = False) -> list[str]:
+    """All image files under ``directory`` (recursive, sorted; see :class:`_Walk` for links)."""
+    return _Walk(directory, follow_symlinks).images(directory)
 
 
 def _require_dir(root: str | os.PathLike, what: str) -> str:
@@ -82,6 +176,11 @@ class _FileImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _warn_links(self, walk: _Walk) -> None:
+        note = walk.note(self.root)
+        if note:
+            logger.warning("%s:%s", self.root, note)
+
     def source(self, index: int) -> str:
         """Sample ``index``'s file, relative to the dataset's root (``/``-separated on every system)."""
         return os.path.relpath(self.samples[index][0], self.root).replace(os.sep, "/")
@@ -113,47 +212,76 @@ class ImageFolderDataset(_FileImageDataset):
     Attributes: ``classes`` (sorted names), ``class_to_idx``, ``samples`` (``[(path, label)]``,
     sorted by class then path) and ``targets``. A class folder with no images keeps its index, so the
     label mapping of a train and a val split of the same data stay aligned; it is only warned about.
-    Images are decoded into PIL mode ``mode`` ("RGB" by default) before ``transform``.
+    Images are decoded into PIL mode ``mode`` ("RGB" by default) before ``transform``. A folder whose
+    sub-folders include ``train``, ``val`` or ``test`` holds splits, not classes: it is refused (read one split,
+    ``root/<split>``; :func:`ijepa.data.sources.open_images` does). ``follow_symlinks``: see :class:`_Walk`.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
-                 mode: str = "RGB", **decode: Any) -> None:
+                 mode: str = "RGB", *, follow_symlinks: bool = False, **decode: Any) -> None:
         super().__init__(transform, mode, **decode)
         self.root = _require_dir(root, "one sub-folder of images per class")
-        with os.scandir(self.root) as it:
-            self.classes = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        walk = _Walk(self.root, follow_symlinks)
+        walk.enter_root(self.root)
+        classes = _class_folders(self.root, walk)
+        splits = sorted(set(classes) & set(SPLITS))
+        if splits:
+            raise DataError(
+                f"{self.root!r} holds split folders ({', '.join(splits)}), not classes: read one split at a time "
+                f"(name it with --split, or give {os.path.join(self.root, splits[0])!r} as the root)")
+        self.classes = sorted(classes)
         if not self.classes:
-            hint = (" It holds images directly; use FlatImageFolder for unlabelled images."
+            hint = (" It holds images directly; the kind 'folder' (FlatImageFolder) reads unlabelled images."
                     if _scan_images(self.root) else "")
             raise DatasetNotFoundError(
                 f"No class sub-folders in image folder {self.root!r} (expected root/<class>/<image> with "
-                f"extensions {', '.join(IMG_EXTENSIONS)}).{hint}")
+                f"extensions {', '.join(IMG_EXTENSIONS)}).{hint}{walk.note(self.root)}")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = []
         for c in self.classes:
-            files = _scan_images(os.path.join(self.root, c))
+            folder = os.path.join(self.root, c)
+            files = walk.images(folder, is_link=classes[c])
             if not files:
-                logger.warning("Class folder %s has no images", os.path.join(self.root, c))
+                logger.warning("Class folder %s has no images", folder)
             self.samples.extend((f, self.class_to_idx[c]) for f in files)
         if not self.samples:
             raise DatasetNotFoundError(
                 f"No images in the class sub-folders of {self.root!r} (expected files with extensions "
-                f"{', '.join(IMG_EXTENSIONS)}).")
+                f"{', '.join(IMG_EXTENSIONS)}).{walk.note(self.root)}")
         self.targets = [label for _, label in self.samples]
+        self._warn_links(walk)
 
 
 class FlatImageFolder(_FileImageDataset):
-    """Every image under ``root`` (recursive, sorted), unlabelled: the label is always -1."""
+    """Every image under ``root`` (recursive, sorted), unlabelled: the label is always -1.
+    ``follow_symlinks``: see :class:`_Walk`."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
-                 mode: str = "RGB", **decode: Any) -> None:
+                 mode: str = "RGB", *, follow_symlinks: bool = False, **decode: Any) -> None:
         super().__init__(transform, mode, **decode)
         self.root = _require_dir(root, "a folder containing images")
-        self.samples = [(f, -1) for f in _scan_images(self.root)]
+        walk = _Walk(self.root, follow_symlinks)
+        self.samples = [(f, -1) for f in walk.images(self.root)]
         if not self.samples:
             raise DatasetNotFoundError(
                 f"No images found under {self.root!r} (searched recursively for extensions "
-                f"{', '.join(IMG_EXTENSIONS)}).")
+                f"{', '.join(IMG_EXTENSIONS)}).{walk.note(self.root)}")
+        self._warn_links(walk)
+
+
+def _class_folders(root: str, walk: _Walk) -> dict[str, bool]:
+    """``{name: is a link}`` of ``root``'s class folders: its sub-folders not starting with a dot, and links to
+    directories where ``walk`` follows them (not into the tree itself: see :class:`_Walk`)."""
+    out = {}
+    with os.scandir(root) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                out[e.name] = False
+            elif e.is_symlink() and e.is_dir() and walk.may_follow(e.path):
+                out[e.name] = True
+    return out
 
 
 class TensorImageDataset(Dataset):
@@ -236,11 +364,16 @@ def read_sample(dataset: Any, index: int) -> Any:
     return item
 
 
+def innermost(dataset: Any) -> Any:
+    """The dataset behind any (nested) ``Subset`` wrappers."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
 def dataset_info(dataset: Any) -> dict[str, Any]:
     """``root`` and ``classes`` of the dataset behind any ``Subset`` wrappers (``None`` where it has none)."""
-    inner = dataset
-    while isinstance(inner, Subset):
-        inner = inner.dataset
+    inner = innermost(dataset)
     classes = getattr(inner, "classes", None)
     root = getattr(inner, "root", None)
     return {"root": None if root is None else os.fspath(root), "classes": None if classes is None else list(classes)}

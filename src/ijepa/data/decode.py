@@ -23,9 +23,9 @@ import warnings
 from collections.abc import Iterable
 from typing import IO, NamedTuple
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DECODE_ERRORS", "DEFAULT_MAX_PIXELS", "SkipTally", "Unreadable", "decode_image"]
+__all__ = ["DECODE_ERRORS", "DEFAULT_MAX_PIXELS", "SkipTally", "Unreadable", "decode_image", "header_problem"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -64,23 +64,57 @@ def decode_image(fp: str | os.PathLike | IO[bytes], mode: str = "RGB", *, source
     decoded at the smallest 1/2^k scale that keeps both sides at least this many pixels (``None``: full size).
     """
     name = source if source is not None else (os.fspath(fp) if isinstance(fp, (str, os.PathLike)) else "<bytes>")
-    _lift_pil_limit(max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+        img = _open(fp, max_pixels)
         with img:
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                return Unreadable(name, f"{w}x{h} image ({w * h:,} pixels) is above the limit of "
-                                        f"{max_pixels:,} (max_image_pixels)")
+            too_large = _over_limit(img, max_pixels)
+            if too_large:
+                return Unreadable(name, too_large)
             if draft_size and img.format == "JPEG":
                 img.draft(None, (draft_size, draft_size))
             # convert() forces the full decode, so truncation surfaces here rather than later inside the
             # transform where it could not be told apart from a real bug.
             return img.convert(mode)
+    except Image.DecompressionBombError as e:
+        return Unreadable(name, _refused_by_pil(e, max_pixels))
     except DECODE_ERRORS as e:
         return Unreadable(name, f"{type(e).__name__}: {e}")
+
+
+def _open(fp: str | os.PathLike | IO[bytes], max_pixels: int | None) -> Image.Image:
+    """``Image.open`` (the header only) under this module's pixel limit rather than PIL's."""
+    _lift_pil_limit(max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(fp)
+
+
+def _refused_by_pil(e: Exception, max_pixels: int | None) -> str:
+    """PIL refuses, while reading the header, an image above twice its own limit; :func:`_lift_pil_limit` raises
+    that limit above ``max_pixels``, so such an image is above ``max_pixels`` too: said in this module's words."""
+    limit = "PIL's own" if max_pixels is None else f"{max_pixels:,} pixels"
+    return f"image above the limit of {limit}, max_image_pixels; PIL: {type(e).__name__}: {e}"
+
+
+def _over_limit(img: Image.Image, max_pixels: int | None) -> str | None:
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        return f"{w}x{h} image ({w * h:,} pixels) is above the limit of {max_pixels:,} (max_image_pixels)"
+    return None
+
+
+def header_problem(fp: str | os.PathLike | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why the file at ``fp`` cannot be used, from its header alone: not an image PIL identifies, or above the
+    pixel limit; ``None`` when it looks usable (a damaged image body is only found by decoding it)."""
+    try:
+        with _open(fp, max_pixels) as img:
+            return _over_limit(img, max_pixels)
+    except UnidentifiedImageError:  # its message names a file object, not the file: say it plainly
+        return "not an image: PIL identifies no image format in it"
+    except Image.DecompressionBombError as e:
+        return _refused_by_pil(e, max_pixels)
+    except DECODE_ERRORS as e:
+        return f"not a readable image: {type(e).__name__}: {e}"
 
 
 class SkipTally:

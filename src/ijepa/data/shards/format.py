@@ -116,6 +116,13 @@ def _image_ext(files: dict[str, bytes]) -> str | None:
 # index.json
 # ----------------------------------------------------------------------------------------------------------
 
+def _plain_name(name: object) -> bool:
+    """A bare file name: an index that names ``../x.tar`` or ``/data/x.tar`` would make a reader open files
+    outside the folder it was given."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and os.sep not in name and not os.path.isabs(name))
+
+
 def _no_index_error(folder: Path) -> ShardsNotFoundError:
     tars = sorted(folder.glob("*.tar"))
     if tars:
@@ -130,8 +137,9 @@ def read_index(shards_dir_or_glob: str | os.PathLike) -> tuple[dict[str, Any], l
     """Resolve a shard folder, an ``index.json`` path or a glob over shard files (a subset of the folder's
     index, e.g. ``DIR/shard-00000*.tar``) to ``(index, shards, classes or None)``.
 
-    Raises :class:`ShardsNotFoundError` when there is no folder, no shard, no index, or the index lists a shard
-    that is missing; warns (:class:`ShardReadWarning`) when a shard's size differs from the index's."""
+    Raises :class:`ShardsNotFoundError` when there is no folder, no shard, no index, the index lists a shard that
+    is missing or names a file outside its folder; warns (:class:`ShardReadWarning`) when a shard's size differs
+    from the index's."""
     spec = os.fspath(shards_dir_or_glob)
     selected: list[str] | None = None
     if os.path.isdir(spec):
@@ -177,6 +185,10 @@ def read_index(shards_dir_or_glob: str | os.PathLike) -> tuple[dict[str, Any], l
         entries = [by_name[n] for n in selected]
     if not entries:
         raise ShardsNotFoundError(f"{index_path} lists no shards; {_HOW_TO_CREATE}.")
+    outside = next((e["name"] for e in entries if not _plain_name(e["name"])), None)
+    if outside is not None:
+        raise ShardsNotFoundError(f"{index_path} names {outside!r}, which is not a file in its own folder: an index "
+                                  f"lists the shards beside it by file name only")
     shards = [ShardInfo(folder / e["name"], e["name"], int(e["count"]), e.get("bytes")) for e in entries]
     missing = [s.name for s in shards if not s.path.is_file()]
     if missing:

@@ -21,8 +21,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ...seeding import stream_seed
-from ..datasets import _DECODE_ERRORS, CorruptImageWarning, collate_skip_corrupt
-from ..decode import Unreadable
+from ..datasets import CorruptImageWarning, collate_skip_corrupt
+from ..decode import DEFAULT_MAX_PIXELS, Unreadable, decode_image
 from .format import INDEX_NAME, ShardInfo, ShardReadWarning, _image_ext, _iter_samples, read_index
 
 __all__ = ["ShardDataset", "build_shard_loader"]
@@ -94,7 +94,9 @@ class ShardDataset(IterableDataset):
     ``index.json``, or a glob selecting some of its shards. Images are decoded into PIL mode ``mode`` and passed
     through ``transform``; the label is the ``.cls`` value, or -1 when a sample has none. ``limit`` keeps only
     the first ``limit`` samples in index order (shards in index order, samples in tar order; ``data.limit``).
-    A sample that cannot be decoded is yielded as ``None`` (warned about once per process, naming ``shard:KEY``) so
+    ``max_pixels``: an image with more pixels (``data.max_image_pixels``) is skipped from its header, as the folder
+    readers do (``None``: no limit). A sample that cannot be decoded is yielded as ``None`` (warned about once per
+    process, naming ``shard:KEY``) so
     :func:`~ijepa.data.datasets.collate_skip_corrupt` counts it. A truncated or unreadable shard is not fatal:
     its samples that cannot be read are yielded as ``None`` too, with one :class:`ShardReadWarning` — so the
     number of items per epoch never changes, which keeps DDP ranks in step.
@@ -124,7 +126,8 @@ class ShardDataset(IterableDataset):
     def __init__(self, shards_dir_or_glob: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
                  *, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
                  shuffle: bool = True, batch_size: int | None = None, mode: str = "RGB",
-                 limit: int | None = None, name_skipped: bool = False) -> None:
+                 limit: int | None = None, name_skipped: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got world_size={world_size}, "
                              f"rank={rank}")
@@ -145,6 +148,7 @@ class ShardDataset(IterableDataset):
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.batch_size = batch_size
         self.mode = mode
+        self.max_pixels = max_pixels
         # True: an unusable sample comes as an Unreadable naming it (shard:key), for a per-file tally of skips
         self.name_skipped = name_skipped
         self.epoch = 0
@@ -291,13 +295,10 @@ class ShardDataset(IterableDataset):
     def _decode(self, rec: _Record, epoch_pos: int) -> tuple[Any, int] | Unreadable | None:
         if rec.data is None:
             return self._skip(rec.where, "no usable image member (see the warning)")
-        try:
-            with Image.open(io.BytesIO(rec.data)) as img:
-                # convert() forces the full decode, so truncation surfaces here, not inside the transform.
-                img = img.convert(self.mode)
-        except _DECODE_ERRORS as e:
-            self._warn(rec.where, f"{type(e).__name__}: {e}")
-            return self._skip(rec.where, f"{type(e).__name__}: {e}")
+        img = decode_image(io.BytesIO(rec.data), self.mode, source=rec.where, max_pixels=self.max_pixels)
+        if isinstance(img, Unreadable):
+            self._warn(rec.where, img.reason)
+            return self._skip(rec.where, img.reason)
         if self.transform is not None:
             with _seeded_rng(stream_seed("shard_sample", self.seed, self.epoch, epoch_pos)):
                 img = self.transform(img)

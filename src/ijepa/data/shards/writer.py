@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ...io import atomic_write_text
-from ..datasets import CorruptImageWarning, FlatImageFolder, ImageFolderDataset
+from ..datasets import CorruptImageWarning, FlatImageFolder, ImageFolderDataset, is_image_file
+from ..decode import DEFAULT_MAX_PIXELS, header_problem
+from ..sources import choose_split, require, split_root
 from .format import (
     _HOW_TO_CREATE,
     CLASSES_NAME,
@@ -36,6 +38,9 @@ __all__ = ["shards_command", "write_index", "write_shards"]
 _TAR_MTIME = 0
 _TAR_MODE = 0o644
 _BLOCK = 512
+# Files left out that index.json lists by name (all of them are counted): a bound on the index's size, which every
+# reader parses.
+LISTED = 1000
 
 
 def _padded(nbytes: int) -> int:
@@ -88,7 +93,9 @@ def _shard_name(prefix: str, i: int) -> str:
 
 def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, labelled: bool = True,
                  max_count: int = 10_000, max_bytes: int = 1 << 30, prefix: str = "shard",
-                 shuffle_seed: int | None = 0, overwrite: bool = False, progress: bool = False) -> list[Path]:
+                 shuffle_seed: int | None = 0, overwrite: bool = False, progress: bool = False,
+                 check_images: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 follow_symlinks: bool = False) -> list[Path]:
     """Pack the images under ``src_root`` into tar shards in ``out_dir``; returns the shard paths in order.
 
     ``labelled=True`` reads ``src_root/<class>/**/<image>`` exactly as
@@ -99,8 +106,12 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
     under 10 KiB aside; a single larger image still gets a shard of its own).
 
     Image bytes are copied as stored — nothing is decoded or re-encoded, so a corrupt file is packed as is and
-    yields ``None`` when read. A file that cannot be *read* (vanished, no permission) is skipped with a warning
-    and counted in index.json's ``skipped_files``.
+    yields ``None`` when read. With ``check_images`` (what ``ijepa shards`` does) each file's header is read
+    first, and a file PIL does not identify as an image, or one above ``max_pixels`` (``None``: no limit), is left
+    out. Every file left out — those, files that cannot be *read* (vanished, no permission) and, for labelled
+    data, images lying directly in ``src_root`` outside any class folder — is warned about and listed in
+    index.json (``skipped_files``, the count; ``skipped``, the first :data:`LISTED` with the reason).
+    ``follow_symlinks``: follow links to directories (see :class:`~ijepa.data.datasets._Walk`).
 
     The sample order is the folder dataset's sorted order permuted with ``random.Random(shuffle_seed)``
     (``None`` keeps it sorted). Shuffling here matters: a reader shuffles only shard order and within a small
@@ -118,7 +129,8 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
         raise ValueError(f"max_count and max_bytes must be >= 1, got {max_count} and {max_bytes}")
     if not prefix or "/" in prefix or os.sep in prefix:
         raise ValueError(f"prefix must be a non-empty file-name prefix, got {prefix!r}")
-    ds = ImageFolderDataset(src_root) if labelled else FlatImageFolder(src_root)
+    ds = (ImageFolderDataset(src_root, follow_symlinks=follow_symlinks) if labelled
+          else FlatImageFolder(src_root, follow_symlinks=follow_symlinks))
     classes = ds.classes if labelled else None
     order = list(range(len(ds.samples)))
     if shuffle_seed is not None:
@@ -126,15 +138,24 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
     out = Path(out_dir)
     pattern = re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar$")
     old = _claim(out, pattern, prefix, overwrite)
+    check = _Check(max_pixels) if check_images else None
     paths, entries, skipped = _pack(ds.samples, order, out, prefix, labelled=labelled, max_count=max_count,
-                                    max_bytes=max_bytes, progress=progress)
+                                    max_bytes=max_bytes, progress=progress, check=check)
+    if labelled:
+        loose = _loose_images(ds.root)
+        for path, reason in loose:
+            warnings.warn(f"Skipping {path}: {reason}", CorruptImageWarning, stacklevel=2)
+        skipped = loose + skipped
     if classes is not None:
         _write_json(out / CLASSES_NAME, classes)
     _write_json(out / INDEX_NAME, {
         "format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
         "num_samples": sum(e["count"] for e in entries), "num_classes": len(classes) if classes else None,
         "shuffle_seed": shuffle_seed, "key": "index into the source folder's sorted sample list",
-        "skipped_files": len(skipped), "shards": entries,
+        "checked": {"images": True, "max_pixels": max_pixels} if check_images else None,
+        "skipped_files": len(skipped),
+        "skipped": [{"file": os.path.relpath(f, ds.root), "reason": r} for f, r in skipped[:LISTED]],
+        "shards": entries,
     })
     for name in sorted(old - {p.name for p in paths}):
         (out / name).unlink(missing_ok=True)
@@ -162,16 +183,40 @@ def _claim(out: Path, pattern: re.Pattern, prefix: str, overwrite: bool) -> set[
     return {name for name in old_names | set(existing) if pattern.match(name)}
 
 
+class _Check:
+    """The header check of ``check_images``: why a file's bytes are not a usable image, or None."""
+
+    def __init__(self, max_pixels: int | None) -> None:
+        self.max_pixels = max_pixels
+
+    def __call__(self, data: bytes) -> str | None:
+        return header_problem(io.BytesIO(data), self.max_pixels)
+
+
+def _loose_images(root: str) -> list[tuple[str, str]]:
+    """Image files lying directly in a labelled folder's root: in no class folder, so they have no label."""
+    with os.scandir(root) as it:
+        loose = sorted(e.path for e in it if is_image_file(e.name) and not e.is_dir())
+    return [(f, "outside any class folder, so without a label") for f in loose]
+
+
+def _skip(skipped: list[tuple[str, str]], path: str, reason: str) -> None:
+    warnings.warn(f"Skipping {path}: {reason}", CorruptImageWarning, stacklevel=3)
+    skipped.append((path, reason))
+
+
 def _pack(samples: list[tuple[str, int]], order: list[int], out: Path, prefix: str, *, labelled: bool,
-          max_count: int, max_bytes: int, progress: bool) -> tuple[list[Path], list[dict[str, Any]], list[str]]:
+          max_count: int, max_bytes: int, progress: bool, check: _Check | None = None
+          ) -> tuple[list[Path], list[dict[str, Any]], list[tuple[str, str]]]:
     """Copy the files ``samples[i]`` for ``i`` in ``order`` into shards of at most ``max_count`` samples and
-    ``max_bytes`` bytes; returns the shards' paths, their index entries and the files that could not be read."""
+    ``max_bytes`` bytes; returns the shards' paths, their index entries and the files left out, with why (in
+    the folder's sorted order, whatever the shuffle)."""
     from tqdm.auto import tqdm  # here, so that importing ijepa.data stays light
 
     width = max(9, len(str(len(samples))))
     paths: list[Path] = []
     entries: list[dict[str, Any]] = []
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
     writer: _ShardWriter | None = None
 
     def finish() -> None:
@@ -190,9 +235,11 @@ def _pack(samples: list[tuple[str, int]], order: list[int], out: Path, prefix: s
             try:
                 data = Path(path).read_bytes()
             except OSError as e:
-                warnings.warn(f"Skipping unreadable file {path}: {type(e).__name__}: {e}", CorruptImageWarning,
-                              stacklevel=3)
-                skipped.append(path)
+                _skip(skipped, path, f"cannot be read: {type(e).__name__}: {e}")
+                continue
+            problem = check(data) if check is not None else None
+            if problem is not None:
+                _skip(skipped, path, problem)
                 continue
             members = [(Path(path).suffix.lower().lstrip("."), data)]
             if labelled:
@@ -208,23 +255,39 @@ def _pack(samples: list[tuple[str, int]], order: list[int], out: Path, prefix: s
         if writer is not None:
             writer.abort()
         raise
-    return paths, entries, skipped
+    return paths, entries, sorted(skipped)
 
 
 def shards_command(args: argparse.Namespace) -> int:
     """``ijepa shards SRC DST`` (arguments: :func:`~.cli.build_arg_parser`): write the shards with a progress bar
-    on a terminal, print a summary, return the exit code."""
+    on a terminal, print a summary, return the exit code. SRC is read as every command reads a folder
+    (:mod:`ijepa.data.layout`): one split of a root with split folders, named by ``--split``."""
+    kind = "folder" if args.unlabelled else "imagefolder"
+    require(kind, args.src)
+    src = split_root(kind, args.src, choose_split(kind, args.src, args.split))
     dst = args.dst
-    paths = write_shards(args.src, dst, labelled=not args.unlabelled, max_count=args.max_count,
+    paths = write_shards(src, dst, labelled=not args.unlabelled, max_count=args.max_count,
                          max_bytes=args.max_bytes, prefix=args.prefix, shuffle_seed=args.shuffle_seed,
-                         overwrite=args.overwrite, progress=sys.stderr.isatty())
+                         overwrite=args.overwrite, progress=sys.stderr.isatty(), check_images=not args.no_check,
+                         max_pixels=args.max_image_pixels, follow_symlinks=args.follow_symlinks)
     index = json.loads((Path(dst) / INDEX_NAME).read_text())
     total = sum(p.stat().st_size for p in paths)
     extra = f", {index['num_classes']} classes in {CLASSES_NAME}" if index.get("num_classes") else ""
-    skipped = f"; {index['skipped_files']} unreadable file(s) skipped" if index["skipped_files"] else ""
-    print(f"{index['num_samples']} images in {len(paths)} shards ({total / 2**30:.2f} GiB) -> {dst} "
-          f"({INDEX_NAME}{extra}){skipped}. Read them with ijepa.data.shards.reader.ShardDataset({str(dst)!r}).")
+    left_out = f"; {index['skipped_files']} file(s) left out, listed below" if index["skipped_files"] else ""
+    print(f"{index['num_samples']} images in {len(paths)} shards ({total / 2**30:.2f} GiB) from {src} -> {dst} "
+          f"({INDEX_NAME}{extra}){left_out}. Read them with ijepa.data.shards.reader.ShardDataset({str(dst)!r}).")
+    if index["skipped_files"]:
+        print(_left_out_line(index))
     return 0
+
+
+def _left_out_line(index: dict[str, Any], shown: int = 5) -> str:
+    """The files the index says were left out: every one counted, the first ``shown`` named with why."""
+    listed = index["skipped"]
+    names = "; ".join(f"{s['file']} ({s['reason']})" for s in listed[:shown])
+    more = index["skipped_files"] - min(shown, len(listed))
+    where = f" (index.json names the first {len(listed)})" if len(listed) > shown else ""
+    return f"left out {index['skipped_files']} file(s): {names}" + (f"; and {more} more{where}" if more else "")
 
 
 def write_index(shards_dir_or_glob: str | os.PathLike, *, labelled: bool | None = None) -> Path:
