@@ -166,19 +166,37 @@ def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.
                           device: torch.device | str | None = None, dtype: str = "fp32",
                           progress: bool = False, eval_train: bool = False
                           ) -> dict[str, Any]:
-    """Train an :class:`AttentiveProbe` on frozen tokens and report its test accuracy.
-
-    ``train_tokens`` / ``test_tokens``: a (N, T, D) tensor (any float dtype; each batch is cast to float32),
-    a numpy array or memmap, or a callable ``indices (B,) -> tokens (B, T, D)`` that produces them on demand
-    (e.g. by running the frozen encoder), so the full token set never has to fit in memory.
+    """Train an ``AttentiveProbe`` on frozen tokens and report its test accuracy.
 
     AdamW (weight decay on matrices and query tokens, not on biases/norms), learning rate with a linear
     warm-up over ``warmup_fraction`` of the steps then cosine decay to 0, per step; cross-entropy loss.
-    ``dtype``: ``"fp32"`` (default), ``"auto"``, ``"bf16"`` or ``"fp16"`` (with a gradient scaler), resolved by
-    the one precision policy as in feature extraction (:func:`ijepa.precision.resolve_precision`).
 
-    Returns ``{"accuracy", "train_accuracy", "final_loss", "epochs", "seconds", "precision", "model"}``;
-    ``train_accuracy`` is None unless ``eval_train`` (it costs another pass over the training tokens).
+    Args:
+        train_tokens: a (N, T, D) tensor (any float dtype; each batch is cast to float32), a numpy array or
+            memmap, or a callable ``indices (B,) -> tokens (B, T, D)`` that produces them on demand (e.g. by
+            running the frozen encoder), so the full token set never has to fit in memory.
+        train_y: training labels (N,).
+        test_tokens: as ``train_tokens``.
+        test_y: test labels.
+        epochs: passes over the training tokens.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: token sets per step.
+        seed: the probe's init and the shuffling.
+        num_classes: default: the largest label + 1.
+        num_queries: learned query tokens.
+        num_heads: attention heads (default: chosen from the token width).
+        depth: self-attention blocks before the cross-attention.
+        warmup_fraction: the share of the steps the lr warms up over.
+        device: where the probe trains (default: the tokens' device).
+        dtype: ``"fp32"`` (default), ``"auto"``, ``"bf16"`` or ``"fp16"`` (with a gradient scaler), resolved by
+            the one precision policy as in feature extraction (``ijepa.precision.resolve_precision``).
+        progress: show a progress bar.
+        eval_train: also measure the training accuracy (another pass over the training tokens).
+
+    Returns:
+        ``{"accuracy", "train_accuracy", "final_loss", "epochs", "seconds", "precision", "model"}``;
+        ``train_accuracy`` is None unless ``eval_train``.
     """
     t0 = time.perf_counter()
     train_y = torch.as_tensor(train_y).long().reshape(-1).cpu()

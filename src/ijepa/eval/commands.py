@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.sources import mode_for, open_images, require
+from ..data.datasets import dataset_info
+from ..data.sources import choose_split, mode_for, open_images, require, require_images, set_decoding
 from ..data.transforms import make_eval_transform
+from ..errors import ConfigError
 from ..precision import resolve_precision
 from .extract import extract_feature_set
-from .feature_file import save_features
+from .feature_file import check_feature_path, save_features
 from .finetune import FinetuneConfig, format_history, run_finetune
 from .run import evaluate, find_checkpoint, format_table, load_model, save_results
 
@@ -20,9 +22,10 @@ def eval_command(args: argparse.Namespace) -> int:
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines else []
     results = evaluate(args.model, protocols, baselines=baselines, which=args.which, path=args.path,
-                       dataset=args.dataset, root=args.root, train_dir=args.train_dir, test_dir=args.test_dir,
-                       limit=args.limit, pooling=args.pooling, batch_size=args.batch_size,
-                       progress=not args.no_progress, attentive_epochs=args.attentive_epochs)
+                       dataset=args.dataset, root=args.root, split=args.split, train_dir=args.train_dir,
+                       test_dir=args.test_dir, limit=args.limit, pooling=args.pooling, batch_size=args.batch_size,
+                       progress=not args.no_progress, attentive_epochs=args.attentive_epochs,
+                       follow_symlinks=args.follow_symlinks)
     ckpt = find_checkpoint(args.model)
     default_json = (ckpt.parent if ckpt.is_file() else Path(".")) / f"eval_{'_'.join(protocols)}.json"
     out = save_results(results, args.json or default_json)
@@ -33,23 +36,31 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def extract_command(args: argparse.Namespace) -> int:
-    """``ijepa extract``: pooled features of one split (a folder: the whole tree) saved with their labels."""
-    require(args.dataset, args.root)  # a wrong path is one line before the model is read
-    encoder = load_model(args.model, args.which, args.path)
-    spec = encoder.input_spec
+    """``ijepa extract``: pooled features of one split saved with their labels. A folder is opened and checked
+    (a readable image) before the model is read; a root with split folders needs ``--split``
+    (:mod:`ijepa.data.layout`)."""
+    check_feature_path(args.out)  # a bad output name is one line before any work
     if args.dataset == "fashion_mnist":
-        data = open_images("fashion_mnist", args.root, split=args.split, limit=args.limit)
+        require("fashion_mnist", args.root)  # a wrong path is one line before the model is read
+        split = args.split or "test"
+        data = open_images("fashion_mnist", args.root, split=split, limit=args.limit)
+    else:
+        require(args.dataset, args.root)
+        split = choose_split(args.dataset, args.root, args.split)
+        data = open_images(args.dataset, args.root, split=split, limit=args.limit,
+                           follow_symlinks=args.follow_symlinks)
+        require_images(data, dataset_info(data)["root"])
+    encoder = load_model(args.model, args.which, args.path)
+    if args.dataset == "fashion_mnist":
         fs = extract_feature_set(encoder, data.images, pooling=args.pooling, batch_size=args.batch_size,
                                  dtype=args.dtype)
         fs.labels, fs.classes = data.labels, list(data.classes)
-        split = args.split
-    else:  # a folder is one split: the whole tree under --root
+    else:
+        spec = encoder.input_spec
         tf = make_eval_transform(spec["image_size"][0], spec["mean"], spec["std"], in_chans=spec["in_chans"])
-        data = open_images(args.dataset, args.root, split=None, transform=tf, mode=mode_for(spec["in_chans"]),
-                           limit=args.limit)
+        set_decoding(data, tf, mode_for(spec["in_chans"]))
         fs = extract_feature_set(encoder, data, pooling=args.pooling, batch_size=args.batch_size, prepare=False,
                                  dtype=args.dtype)
-        split = None
     fs.meta.update(dataset=args.dataset, split=split, model=str(args.model))
     path = save_features(args.out, fs)
     precision = resolve_precision(args.dtype, next(encoder.parameters()).device)
@@ -69,8 +80,17 @@ def finetune_command(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(**{k: v for k, v in overrides.items() if v is not None})
     if args.no_augment:
         cfg.random_resized_crop = cfg.hflip = False
-    res = run_finetune(args.src, args.out, cfg=cfg, dataset=args.dataset, images_dir=args.images,
-                       root=args.root, limit=args.limit, which=args.which, path=args.path, device=args.device,
+    images, root = args.images, args.root
+    if args.dataset == "folder":
+        raise ConfigError("fine-tuning trains a classifier: --dataset folder reads every image unlabelled; give "
+                          "--dataset imagefolder (class sub-folders) with --root")
+    if args.dataset == "imagefolder":  # the same folder as --images DIR, named as eval and extract name it
+        if not root:
+            raise ConfigError("--dataset imagefolder needs --root (class sub-folders, or train/ and val/ or test/ "
+                              "split folders)")
+        images, root = root, None
+    res = run_finetune(args.src, args.out, cfg=cfg, dataset=args.dataset, images_dir=images,
+                       root=root, limit=args.limit, which=args.which, path=args.path, device=args.device,
                        export_hf=args.export_hf, val_fraction=args.val_fraction, progress=not args.no_progress)
     print(f"\nfine-tuned {res['source']} on {res['dataset']} ({res['split']}): {res['n_train']} training, "
           f"{res['n_val']} validation images, {cfg.epochs} epochs, {res['seconds']:.0f} s")

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.datasets import dataset_info, read_sample, sample_source
 from ..data.decode import Unreadable
 from ..data.preprocess import prepare_images, resolve_input_spec, to_tensor
+from ..errors import ConfigError
 from ..models.vit import inference_forward
 from ..precision import resolve_precision
 from .feature_file import FeatureSet
@@ -25,6 +26,7 @@ from .feature_file import FeatureSet
 __all__ = ["POOLINGS", "extract_feature_set", "extract_features"]
 
 POOLINGS = ("mean", "last4", "tokens")
+LAST_LAYERS = 4  # the blocks pooling="last4" concatenates
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -39,11 +41,27 @@ def _encoder_device(encoder: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _too_few_layers(n: int) -> ConfigError:
+    return ConfigError(f"pooling='last4' concatenates the token means of the last {LAST_LAYERS} blocks, but this "
+                       f"encoder has {n}; use pooling='mean' (its last block) or 'tokens'")
+
+
+def _check_pooling(encoder: Any, pooling: str) -> None:
+    """Refuse, before any image is read, a pooling the encoder cannot give as named."""
+    if pooling != "last4":
+        return
+    if not hasattr(encoder, "get_intermediate_layers"):
+        raise TypeError(f"{type(encoder).__name__} has no get_intermediate_layers(); use pooling='mean'")
+    blocks = getattr(encoder, "blocks", None)
+    if blocks is not None and len(blocks) < LAST_LAYERS:
+        raise _too_few_layers(len(blocks))
+
+
 def _pool(encoder: nn.Module, x: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling == "last4":
-        if not hasattr(encoder, "get_intermediate_layers"):
-            raise TypeError(f"{type(encoder).__name__} has no get_intermediate_layers(); use pooling='mean'")
-        layers = inference_forward(encoder, x, last_layers=4)
+        layers = inference_forward(encoder, x, last_layers=LAST_LAYERS)
+        if len(layers) != LAST_LAYERS:  # an encoder without .blocks: known only from its answer
+            raise _too_few_layers(len(layers))
         return torch.cat([t.mean(dim=1) if t.ndim == 3 else t for t in layers], dim=-1)
     out = inference_forward(encoder, x)
     if isinstance(out, (tuple, list)):
@@ -149,9 +167,17 @@ def extract_features(encoder: nn.Module | Callable[[torch.Tensor], torch.Tensor]
                      images_or_dataset: torch.Tensor | np.ndarray | Dataset | DataLoader, *,
                      return_labels: bool = False, **kw: Any
                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-    """Features of frozen ``encoder`` for every image, as float32 on the CPU, in input order: the ``features``
-    of :func:`extract_feature_set` (which takes the same arguments), and its ``labels`` with
-    ``return_labels=True``."""
+    """Features of frozen ``encoder`` for every image, as float32 on the CPU, in input order.
+
+    Args:
+        encoder: a module (or callable) mapping images (B, C, H, W) to patch tokens (B, N, D).
+        images_or_dataset: raw images, a Dataset or a DataLoader, as for ``extract_feature_set``.
+        return_labels: also return the labels (None when the input has none).
+        **kw: ``extract_feature_set``'s keywords (``pooling``, ``batch_size``, ``device``, ``dtype``, ...).
+
+    Returns:
+        The ``features`` of ``extract_feature_set``, or ``(features, labels)`` with ``return_labels``.
+    """
     fs = extract_feature_set(encoder, images_or_dataset, **kw)
     return (fs.features, fs.labels) if return_labels else fs.features
 
@@ -161,29 +187,39 @@ def extract_feature_set(encoder: nn.Module | Callable[[torch.Tensor], torch.Tens
                         pooling: str = "mean", batch_size: int = 256, device: torch.device | str | None = None,
                         dtype: str = "auto", progress: bool = True, prepare: bool = True,
                         input_spec: dict | None = None) -> FeatureSet:
-    """Features of frozen ``encoder`` for every image, and what each row is (a :class:`FeatureSet`, which
-    :func:`save_features` writes and :func:`load_features` reads back).
+    """Features of frozen ``encoder`` for every image, and what each row is (a ``FeatureSet``, which
+    ``save_features`` writes and ``load_features`` reads back).
 
-    ``pooling``: ``"mean"`` — average of the last layer's patch tokens, (N, D) (the I-JEPA paper's linear
-    probe input); ``"last4"`` — concatenated token averages of the last 4 layers, (N, 4D); ``"tokens"`` — all
-    patch tokens, (N, T, D), for the attentive probe.
-
-    ``images_or_dataset``: raw images (see :func:`prepare_images`; row ``i`` is image ``i``), or a Dataset /
-    DataLoader yielding ``(image, label)``. A Dataset's items may be PIL images, arrays or tensors of any size;
-    an unusable item (``None``, or an unreadable file) gives no row and is listed in ``skipped`` with the reason,
-    and ``rows`` says which input every row is (a file relative to the dataset's root, or an index). A
-    DataLoader's batches are used as given (``prepare=False`` when its transform already normalises; ``rows``
-    is then ``None``). ``dtype`` is ``auto | bf16 | fp16 | fp32``, resolved by the one precision policy
-    (:func:`ijepa.precision.resolve_precision`: ``auto`` is bf16 where the device runs it natively, fp16 on CUDA
-    GPUs without bf16, fp32 elsewhere); ``"fp32"`` gives batch-size-independent results.
-
-    ``device``: where images are sent, by default the encoder's own device (the encoder is not moved).
     The encoder is put in eval mode for the extraction and its previous mode restored afterwards.
+
+    Args:
+        encoder: a module (or callable) mapping images (B, C, H, W) to patch tokens (B, N, D).
+        images_or_dataset: raw images (see ``ijepa.data.preprocess.prepare_images``; row ``i`` is image ``i``),
+            or a Dataset / DataLoader yielding ``(image, label)``. A Dataset's items may be PIL images, arrays or
+            tensors of any size; an unusable item (``None``, or an unreadable file) gives no row and is listed in
+            ``skipped`` with the reason, and ``rows`` says which input every row is (a file relative to the
+            dataset's root, or an index). A DataLoader's batches are used as given (``rows`` is then ``None``).
+        pooling: ``"mean"`` — average of the last layer's patch tokens, (N, D) (the I-JEPA paper's linear probe
+            input); ``"last4"`` — concatenated token averages of the last 4 layers, (N, 4D); ``"tokens"`` — all
+            patch tokens, (N, T, D), for the attentive probe.
+        batch_size: images per forward pass.
+        device: where images are sent, by default the encoder's own device (the encoder is not moved).
+        dtype: ``auto | bf16 | fp16 | fp32``, resolved by the one precision policy
+            (``ijepa.precision.resolve_precision``: ``auto`` is bf16 where the device runs it natively, fp16 on
+            CUDA GPUs without bf16, fp32 elsewhere); ``"fp32"`` gives batch-size-independent results.
+        progress: show a progress bar.
+        prepare: resize and normalise images as ``input_spec`` says (``False`` when a DataLoader's transform
+            already normalises).
+        input_spec: overrides the encoder's ``input_spec``.
+
+    Returns:
+        FeatureSet: features, labels, rows, classes, skipped inputs and how the features were made.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    _check_pooling(encoder, pooling)
     dev = torch.device(device) if device is not None else (
         _encoder_device(encoder) if isinstance(encoder, nn.Module) else torch.device("cpu"))
     precision = resolve_precision(dtype, dev)

@@ -11,12 +11,17 @@ On disk, by extension:
   ``"ijepa_features"`` (readable by any safetensors tool: ``safe_open(path, "pt").metadata()``). The safetensors
   header holds at most 100 MB, about two million row paths; use ``.npy`` beyond that.
 
-Every file is replaced atomically, the features last, and the record states the row count, so a reader never
-pairs features with a record from another extraction. :func:`load_features` reads either back in one call.
+Every file is replaced atomically. The three ``.npy`` files cannot be renamed into place together, so they are
+tied by content instead: the record holds the row count and the sha256 of the features and labels files, and is
+renamed into place before them (all three are written first under temporary names). A kill at any moment leaves the
+old set, the new set, or files the record does not describe, which :func:`load_features` refuses in one line: it
+never pairs features with labels or a record from another write. It reads either format back in one call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..io import atomic_open, atomic_write_json, read_safetensors, write_safetensors
 
-__all__ = ["FORMAT", "FeatureSet", "load_features", "record_path", "save_features"]
+__all__ = ["FORMAT", "FeatureSet", "check_feature_path", "load_features", "record_path", "save_features"]
 
 FORMAT = "ijepa-features"
 VERSION = 1
@@ -39,10 +44,18 @@ _MAX_HEADER = 90_000_000  # safetensors refuses headers above 100 MB; leave room
 
 @dataclass
 class FeatureSet:
-    """Features and what they hold. ``rows[i]`` is what row ``i`` came from: a path relative to
-    ``meta["root"]`` for files, an index for in-memory data (``None`` when the input did not say, e.g. a
-    DataLoader). ``skipped``: ``{"source", "reason"}`` of every input that gave no row. ``meta``: how the
-    features were made (``source``, ``pooling``, ``input_spec``, ``dataset``, ``root``, ``split``, ...)."""
+    """Features and what they hold.
+
+    Attributes:
+        features: (N, D), or (N, T, D) for token features.
+        labels: (N,) class indices, or None.
+        rows: ``rows[i]`` is what row ``i`` came from: a path relative to ``meta["root"]`` for files, an index
+            for in-memory data (``None`` when the input did not say, e.g. a DataLoader).
+        classes: the class names, ``classes[label]``, when known.
+        skipped: ``{"source", "reason"}`` of every input that gave no row.
+        meta: how the features were made (``source``, ``pooling``, ``input_spec``, ``dataset``, ``root``,
+            ``split``, ...).
+    """
 
     features: torch.Tensor
     labels: torch.Tensor | None = None
@@ -101,10 +114,59 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+def check_feature_path(path: str | os.PathLike) -> Path:
+    """``path`` if features can be saved there (a ``.npy`` or ``.safetensors`` name, not a folder), else a
+    :class:`DataError`: what ``ijepa extract`` checks before any work."""
+    p = Path(path).expanduser()
+    _suffix(p)
+    if p.is_dir():
+        raise DataError(f"{p} is a folder; name a feature file ending in .npy or .safetensors")
+    return p
+
+
+class _Hashing:
+    """A write-only file that hashes what passes through it, so the hash costs no second pass over the file."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+
+def _save_npy(path: Path, feats: torch.Tensor, lab: torch.Tensor | None, record: dict[str, Any]) -> None:
+    """The three files of a ``.npy`` feature set, tied by the record (see the module docstring): features and
+    labels go to temporary files, hashed as they are written; then the record with their hashes is renamed into
+    place; then the labels and the features (leaving the stack renames them, last opened first)."""
+    with contextlib.ExitStack() as stack:
+        files, sha = [], {"features": None, "labels": None}
+        for key, p, t in (("features", path, feats), ("labels", _labels_path(path), lab)):
+            if t is not None:
+                files.append(_Hashing(stack.enter_context(atomic_open(p))))
+                np.save(files[-1], t.numpy())
+                sha[key] = files[-1].sha.hexdigest()
+        for h in files:  # on disk before the record goes in: after it, only renames remain (the window is short)
+            h.f.flush()
+            os.fsync(h.f.fileno())
+        atomic_write_json(record_path(path), {**record, "sha256": sha})
+    if lab is None:
+        _labels_path(path).unlink(missing_ok=True)  # the record says there are none; an old file only confuses
+
+
 def save_features(path: str | os.PathLike, features: FeatureSet | torch.Tensor | np.ndarray,
                   labels: torch.Tensor | np.ndarray | None = None) -> Path:
-    """Write a :class:`FeatureSet` (or bare features and labels: their rows are then indices) by extension
-    (see the module docstring). Returns the path written."""
+    """Write a ``FeatureSet`` (or bare features and labels: their rows are then indices), atomically.
+
+    Args:
+        path: ``.npy`` (the labels go to ``<stem>_labels.npy``, the record to ``<stem>.json``) or
+            ``.safetensors`` (the record goes in its metadata).
+        features: a ``FeatureSet``, or bare features.
+        labels: with bare features, their labels.
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
     suffix = _suffix(path)
     fs = features if isinstance(features, FeatureSet) else FeatureSet(
@@ -114,14 +176,7 @@ def save_features(path: str | os.PathLike, features: FeatureSet | torch.Tensor |
     lab = None if fs.labels is None else fs.labels.detach().cpu().contiguous()
     record = json.dumps(fs.record())
     if suffix == ".npy":
-        atomic_write_json(record_path(path), json.loads(record))
-        if lab is not None:
-            with atomic_open(_labels_path(path)) as f:
-                np.save(f, lab.numpy())
-        else:
-            _labels_path(path).unlink(missing_ok=True)  # a stale one would pair with these features
-        with atomic_open(path) as f:
-            np.save(f, feats.numpy())
+        _save_npy(path, feats, lab, json.loads(record))
         return path
     if len(record) > _MAX_HEADER:
         raise DataError(f"the record of {len(fs)} rows ({len(record):,} bytes of JSON) does not fit in a "
@@ -132,28 +187,73 @@ def save_features(path: str | os.PathLike, features: FeatureSet | torch.Tensor |
 
 def load_features(path: str | os.PathLike) -> FeatureSet:
     """Read a feature file back: features, labels, what each row is, classes, what was skipped, and how the
-    features were made. Files written before records existed load with ``rows=None`` and an empty record."""
+    features were made.
+
+    Files written before records existed load with ``rows=None`` and an empty record.
+
+    Args:
+        path: a ``.npy`` or ``.safetensors`` file written by ``save_features`` or ``ijepa extract``.
+
+    Returns:
+        The ``FeatureSet``.
+
+    Raises:
+        ijepa.errors.DataError: no such file, a record that belongs to another extraction, or ``.npy`` files
+            whose sha256 differs from the record's (written by different writes: one was interrupted).
+    """
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
         raise DataError(f"no feature file at {path}")
     if suffix == ".npy":
-        feats = torch.from_numpy(np.load(path))
-        lp = _labels_path(path)
-        labels = torch.from_numpy(np.load(lp)) if lp.is_file() else None
-        rp = record_path(path)
-        record = _parse(rp.read_text(), rp) if rp.is_file() else None
+        feats, labels, record = _load_npy(path)
     else:
         tensors, metadata = read_safetensors(path)
         feats, labels = tensors["features"], tensors.get("labels")
         record = _parse(metadata[_META_KEY], path) if _META_KEY in metadata else None
-    if record is None:
-        return FeatureSet(feats, labels)
-    if record.get("n_rows") != len(feats):
+    try:
+        if record is None:
+            return FeatureSet(feats, labels)
+        return FeatureSet(feats, labels, rows=record.get("rows"), classes=record.get("classes"),
+                          skipped=record.get("skipped") or [], meta=record.get("meta") or {})
+    except ValueError as e:  # rows, labels and features of different lengths
+        raise DataError(f"{path}: {e}; the files come from different extractions") from None
+
+
+def _read_npy(path: Path) -> tuple[torch.Tensor, str]:
+    """An array and the sha256 of its file, both from one open file (a rename meanwhile cannot split them)."""
+    try:
+        with open(path, "rb") as f:
+            arr = np.load(f)
+            f.seek(0)
+            return torch.from_numpy(arr), hashlib.file_digest(f, "sha256").hexdigest()
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {first_line(e)}") from None
+
+
+def _load_npy(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
+    """Features, labels and record of a ``.npy`` set, checked against each other: the row count, and the sha256
+    of each file where the record holds them (records written before hashes were kept are trusted on the count)."""
+    rp, lp = record_path(path), _labels_path(path)
+    record = _parse(rp.read_text(), rp) if rp.is_file() else None
+    feats, feats_sha = _read_npy(path)
+    if record is not None and record.get("n_rows") != len(feats):
         raise DataError(f"{path}: the record describes {record.get('n_rows')} rows but the file holds "
                         f"{len(feats)}; it belongs to another extraction")
-    return FeatureSet(feats, labels, rows=record.get("rows"), classes=record.get("classes"),
-                      skipped=record.get("skipped") or [], meta=record.get("meta") or {})
+    sha = (record or {}).get("sha256")
+    if sha is None:
+        return feats, (_read_npy(lp)[0] if lp.is_file() else None), record
+    stale = "the files come from different writes (one was interrupted, or a file was replaced); write them again"
+    if feats_sha != sha.get("features"):
+        raise DataError(f"{path}: the features are not the ones {rp.name} describes (their sha256 differs); {stale}")
+    if sha.get("labels") is None:
+        return feats, None, record
+    if not lp.is_file():
+        raise DataError(f"{path}: {rp.name} lists labels but {lp.name} is missing; {stale}")
+    labels, labels_sha = _read_npy(lp)
+    if labels_sha != sha["labels"]:
+        raise DataError(f"{path}: {lp.name} is not the labels {rp.name} describes (their sha256 differs); {stale}")
+    return feats, labels, record
 
 
 def _parse(text: str, where: Path) -> dict[str, Any]:

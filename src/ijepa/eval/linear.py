@@ -159,8 +159,21 @@ def linear_probe(train_X: torch.Tensor | np.ndarray, train_y: torch.Tensor | np.
     no selection is made: the single value, else the strongest regularisation in ``wds`` (the safe choice
     with few examples), is used. Ties in validation accuracy also go to the stronger regularisation.
 
-    Returns ``{"accuracy", "best_wd", "val_acc": {wd: acc}, "train_accuracy", "n_train", "n_test",
-    "seconds"}`` (accuracies as fractions).
+    Args:
+        train_X: training features (N, D).
+        train_y: training labels (N,).
+        test_X: test features.
+        test_y: test labels.
+        wds: the L2 strengths to choose from (one value: no choice).
+        val_fraction: the share of each class held out to choose the L2 strength.
+        seed: the held-out split's seed.
+        max_iter: L-BFGS iterations per fit.
+        num_classes: default: the largest label + 1.
+        device: where the fits run (default: the features').
+
+    Returns:
+        dict: ``{"accuracy", "best_wd", "val_acc": {wd: acc}, "train_accuracy", "n_train", "n_test", "seconds"}``
+        (accuracies as fractions).
     """
     t0 = time.perf_counter()
     train_X, test_X = _as_features(train_X), _as_features(test_X)
@@ -212,10 +225,22 @@ def fmnist_probe(encoder: nn.Module | str, *, root: str | os.PathLike | None = N
                  ) -> dict[str, Any]:
     """The project's "fmnist-probe" protocol: mean-pooled last-layer features of the FIRST ``n_train``
     Fashion-MNIST training images -> standardised -> logistic regression (L2 fixed at scikit-learn's default,
-    :data:`FMNIST_PROBE_WD`, unless ``wds`` says otherwise) -> accuracy on all 10,000 test images.
+    ``FMNIST_PROBE_WD``, unless ``wds`` says otherwise) -> accuracy on all 10,000 test images.
 
-    ``encoder="pixels"`` runs the raw-pixel baseline through the same probe. The result is
-    :func:`linear_probe`'s dict plus ``"protocol"`` and ``"features"`` (the feature shape).
+    Args:
+        encoder: the encoder, or ``"pixels"`` for the raw-pixel baseline through the same probe.
+        root: the Fashion-MNIST folder (default ``$IJEPA_FASHION_MNIST``, else
+            ``/usr/share/datasets/fashion-mnist``).
+        n_train: the training images the probe fits on (the first ones).
+        batch_size: images per forward pass of the extraction.
+        device: where the images are sent (default: the encoder's device).
+        dtype: the extraction's precision, as for ``extract_feature_set``.
+        progress: show a progress bar.
+        wds: the L2 strength(s), as for ``linear_probe``.
+        seed: as for ``linear_probe``.
+
+    Returns:
+        ``linear_probe``'s dict plus ``"protocol"`` and ``"features"`` (the feature shape).
     """
     x_train, y_train = load_fashion_mnist(root, train=True)
     x_test, y_test = load_fashion_mnist(root, train=False)

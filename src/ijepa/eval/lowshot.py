@@ -56,14 +56,24 @@ def sample_per_class(labels: torch.Tensor | np.ndarray, n_per_class: int | float
 def lowshot_eval(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, test_y: torch.Tensor,
                  shots: Sequence[int | float | str] = (1, 5, 10, "1%"), seeds: Sequence[int] = (0, 1, 2),
                  method: str = "linear", **kwargs: Any) -> dict[int | float | str, tuple[float, float]]:
-    """``{shot: (mean accuracy, std)}`` over ``seeds`` for a probe fitted on a per-class sample of the
-    training set and tested on the whole test set.
+    """Accuracy of a probe fitted on a per-class sample of the training set and tested on the whole test set,
+    over several seeds.
 
-    ``method``: ``"linear"`` (:func:`~ijepa.eval.linear.linear_probe`; its L2 strength is chosen on a
-    stratified held-out part of the sample when there are at least two examples per class, else the
-    strongest in the sweep is used) or ``"knn"`` (:func:`~ijepa.metrics.knn_accuracy`). ``kwargs`` go to
-    that function. The std is the sample standard deviation across seeds (0 for a single seed); accuracies
-    are fractions.
+    Args:
+        train_X: training features (N, D).
+        train_y: training labels (N,).
+        test_X: test features.
+        test_y: test labels.
+        shots: images per class (``1``, ``5``, ...) or a share of the training set (``"1%"``, ``0.01``).
+        seeds: one sample (and fit) per seed.
+        method: ``"linear"`` (``ijepa.eval.linear_probe``; its L2 strength is chosen on a stratified held-out
+            part of the sample when there are at least two examples per class, else the strongest in the sweep
+            is used) or ``"knn"`` (``ijepa.metrics.knn_accuracy``).
+        **kwargs: go to that function.
+
+    Returns:
+        dict: ``{shot: (mean accuracy, std)}``: the std is the sample standard deviation across seeds (0 for a single
+        seed); accuracies are fractions.
     """
 
     if method not in ("linear", "knn"):

@@ -18,9 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from ..data.sources import mode_for, open_images, require
+from ..data.sources import (
+    held_out_split,
+    mode_for,
+    open_images,
+    require,
+    require_images,
+    set_decoding,
+    split_folders,
+    split_root,
+)
 from ..data.transforms import make_eval_transform
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..interop import load
 from ..interop.load import run_checkpoint
 from ..metrics import knn_accuracy
@@ -66,6 +75,15 @@ class EvalData:
     test: Split
     cache: dict = field(default_factory=dict)
 
+    def prepare(self, spec: dict) -> None:
+        """Folders: decode to ``spec`` (the encoder's input: resized, centre-cropped, normalised). In-memory data is
+        prepared batch by batch when features are extracted, so it needs nothing here."""
+        spec = InputSpec.coerce(spec)
+        tf = make_eval_transform(spec.image_size[0], spec.mean, spec.std, in_chans=spec.in_chans)
+        for split in (self.train, self.test):
+            if not isinstance(split.images, torch.Tensor):
+                set_decoding(split.images, tf, mode_for(spec.in_chans))
+
 
 def fashion_mnist_data(root: str | None = None, limit: int | None = None, n_train: int | None = None) -> EvalData:
     """Fashion-MNIST's two splits, the first ``limit`` images of each; ``n_train`` caps the training split too
@@ -76,20 +94,43 @@ def fashion_mnist_data(root: str | None = None, limit: int | None = None, n_trai
     return EvalData("fashion_mnist", Split(tr.images, tr.labels), Split(te.images, te.labels))
 
 
-def folder_data(train_dir: str, test_dir: str, spec: dict, limit: int | None = None, seed: int = 0) -> EvalData:
-    """Two image folders with class sub-folders, resized and centre-cropped to the encoder's input; ``limit``: a
-    seeded random N of each split (the first N would be the first classes only)."""
-    spec = InputSpec.coerce(spec)
-    tf = make_eval_transform(spec.image_size[0], spec.mean, spec.std, in_chans=spec.in_chans)
+def folder_data(train_dir: str | Path, test_dir: str | Path, limit: int | None = None, seed: int = 0, *,
+                follow_symlinks: bool = False, name: str | None = None) -> EvalData:
+    """Two image folders with class sub-folders, opened and checked (a readable image in each) but not yet decoded:
+    :meth:`EvalData.prepare` gives them the encoder's transform once it is loaded. ``limit``: a seeded random N of
+    each split (the first N would be the first classes only)."""
     splits = []
     for folder in (train_dir, test_dir):
-        ds = open_images("imagefolder", folder, split=None, transform=tf, mode=mode_for(spec.in_chans))
+        ds = open_images("imagefolder", folder, split=None, follow_symlinks=follow_symlinks)
+        require_images(ds, folder)
         labels = torch.tensor(ds.targets)
         if limit and limit < len(ds):
             keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
             ds, labels = Subset(ds, keep.tolist()), labels[keep]
         splits.append(Split(ds, labels))
-    return EvalData(Path(train_dir).parent.name, *splits)
+    return EvalData(name or Path(train_dir).parent.name, *splits)
+
+
+def eval_folders(root: str | None, split: str | None, train_dir: str | None, test_dir: str | None
+                 ) -> tuple[Path, Path, str]:
+    """The training and test folders of ``--dataset imagefolder`` (:mod:`ijepa.data.layout`): ``ROOT/train`` and
+    ``ROOT/<split>`` (default ``val``, else ``test``), or ``--train-dir`` and ``--test-dir``; and the data's name."""
+    if train_dir or test_dir:
+        if root or not (train_dir and test_dir):
+            raise ConfigError("--dataset imagefolder takes --root (with train/ and val/ or test/ split folders), or "
+                              "both --train-dir and --test-dir")
+        return Path(train_dir), Path(test_dir), Path(train_dir).parent.name
+    if not root:
+        raise ConfigError("--dataset imagefolder needs --root (with train/ and val/ or test/ split folders), or "
+                          "--train-dir and --test-dir")
+    require("imagefolder", root)
+    if split == "train":
+        raise ConfigError("eval fits on train/ and tests on --split: give val or test")
+    test = split or held_out_split(root)
+    if test is None or "train" not in split_folders(root):
+        raise DataError(f"{root!r} has no train/ and val/ (or test/) split folders: eval fits on one split and "
+                        "tests on another (or give --train-dir and --test-dir)")
+    return split_root("imagefolder", root, "train"), split_root("imagefolder", root, test), Path(root).name
 
 
 def _features(model: Any, split: Split, pooling: str, batch_size: int, progress: bool) -> tuple:
@@ -161,28 +202,34 @@ def run_protocol(protocol: str, model: Any, key: str, data: EvalData, *, pooling
 
 def evaluate(model_spec: str, protocols: list[str], *, baselines: list[str] = (), which: str = "target_encoder",
              path: str | None = None, dataset: str = "fashion_mnist", root: str | None = None,
-             train_dir: str | None = None, test_dir: str | None = None, limit: int | None = None,
-             pooling: str = "mean", batch_size: int = 512, progress: bool = True,
-             attentive_epochs: int = 20) -> dict:
-    """{"models": {name: {"source": ..., protocol: result}}, ...}; names: "pretrained", "random", "pixels"."""
+             split: str | None = None, train_dir: str | None = None, test_dir: str | None = None,
+             limit: int | None = None, pooling: str = "mean", batch_size: int = 512, progress: bool = True,
+             attentive_epochs: int = 20, follow_symlinks: bool = False) -> dict:
+    """{"models": {name: {"source": ..., protocol: result}}, ...}; names: "pretrained", "random", "pixels".
+
+    ``dataset``: ``fashion_mnist`` (fit on its training set, test on its test set) or ``imagefolder``: ``root``'s
+    ``train/`` and ``split`` folder (default ``val/``, else ``test/``), or ``train_dir`` and ``test_dir``."""
     for p in protocols:
         if p not in PROTOCOLS:
             raise ConfigError(f"unknown protocol '{p}' (choose from {', '.join(PROTOCOLS)})")
     for b in baselines:
         if b not in ("random", "pixels"):
             raise ConfigError(f"unknown baseline '{b}' (random, pixels)")
-    # the data first: a wrong path is one line before any model is read
-    if dataset == "fashion_mnist":
-        require("fashion_mnist", root)
-    elif dataset == "folder":
-        if not (train_dir and test_dir):
-            raise ConfigError("dataset 'folder' needs --train-dir and --test-dir (class sub-folders)")
-        require("imagefolder", train_dir)
-        require("imagefolder", test_dir)
-    else:
-        raise ConfigError(f"unknown dataset '{dataset}' (fashion_mnist, folder)")
+    # the data first: a wrong path, an empty folder or unreadable images are one line before any model is read
+    if dataset == "folder":
+        raise ConfigError("eval's protocols are labelled: --dataset folder reads every image unlabelled; give "
+                          "--dataset imagefolder (class sub-folders) with --root, or --train-dir and --test-dir")
     if "fmnist-probe" in protocols and dataset != "fashion_mnist":
         raise ConfigError("the fmnist-probe protocol is defined on Fashion-MNIST only")
+    if dataset == "fashion_mnist":
+        require("fashion_mnist", root)
+        if split not in (None, "test"):
+            raise ConfigError(f"Fashion-MNIST is evaluated on its test split, not {split!r}")
+    elif dataset == "imagefolder":
+        train_folder, test_folder, name = eval_folders(root, split, train_dir, test_dir)
+        data = folder_data(train_folder, test_folder, limit, follow_symlinks=follow_symlinks, name=name)
+    else:
+        raise ConfigError(f"unknown dataset '{dataset}' (fashion_mnist, imagefolder)")
     encoder = load_model(model_spec, which, path)
     models: dict[str, Any] = {"pretrained": encoder}
     for b in baselines:
@@ -192,7 +239,7 @@ def evaluate(model_spec: str, protocols: list[str], *, baselines: list[str] = ()
         only_probe = set(protocols) == {"fmnist-probe"}
         data = fashion_mnist_data(root, limit, n_train=FMNIST_PROBE_TRAIN if only_probe else None)
     else:
-        data = folder_data(train_dir, test_dir, encoder.input_spec, limit)
+        data.prepare(encoder.input_spec)
     results: dict[str, Any] = {"model": str(model_spec), "dataset": data.name, "pooling": pooling, "models": {}}
     for name, model in models.items():
         entry = {"source": getattr(model, "source", "raw pixels") if model != "pixels" else "raw pixels"}

@@ -21,7 +21,15 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, CheckpointReadError, UnknownFormatError
-from ..io import atomic_write_json, read_json, read_safetensors, read_torch, write_safetensors
+from ..io import (
+    atomic_folder,
+    atomic_write_json,
+    check_replaceable,
+    read_json,
+    read_safetensors,
+    read_torch,
+    write_safetensors,
+)
 from ..spec import InputSpec
 from .arch import exact_ratio
 from .weights import StateDict, Weights, declared_spec, tensors_only
@@ -298,21 +306,38 @@ def preprocessor_config_for(spec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# What an export folder holds: what we write, and the other weight layouts an earlier export there may have used.
+# A folder holding anything else is not replaced (io.check_replaceable).
+HF_EXPORT_FILES = ("config.json", "preprocessor_config.json", *HF_WEIGHT_FILES)
+
+
+def check_export_folder(dst: str | os.PathLike) -> Path:
+    """``dst`` if a transformers export may be written there (see :func:`ijepa.io.check_replaceable`)."""
+    return check_replaceable(dst, HF_EXPORT_FILES, "transformers export")
+
+
+def write_hf_folder(dst: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                    config: Mapping[str, Any], preprocessor: Mapping[str, Any]) -> Path:
+    """A transformers folder written whole: filled under a temporary name beside ``dst`` and renamed into place,
+    config.json last, so that a folder at ``dst`` with a config.json is always a complete one (transformers loads
+    any folder that has one)."""
+    with atomic_folder(dst, HF_EXPORT_FILES, "transformers export") as tmp:
+        write_safetensors(tensors, tmp / "model.safetensors", metadata)
+        atomic_write_json(tmp / "preprocessor_config.json", dict(preprocessor))
+        atomic_write_json(tmp / "config.json", dict(config))
+    return Path(dst)
+
+
 def save_hf(encoder: Any, dst: str | os.PathLike, source: str | None = None) -> Path:
     """Write a directory that ``transformers.IJepaModel.from_pretrained(dst)`` loads with no code of ours:
-    config.json, model.safetensors (hub layout) and preprocessor_config.json (the encoder's input_spec)."""
-    d = Path(dst)
-    if d.exists() and not d.is_dir():
-        raise CheckpointError(f"{d} exists and is not a directory; a transformers export is a directory")
-    d.mkdir(parents=True, exist_ok=True)
-    spec = declared_spec(encoder)
+    config.json, model.safetensors (hub layout) and preprocessor_config.json (the encoder's input_spec), written
+    whole (:func:`write_hf_folder`)."""
+    check_export_folder(dst)
     stated = source or getattr(encoder, "source", "") or "ijepa export"
-    meta = {"format": "pt", HF_SOURCE_METADATA_KEY: stated}
-    write_safetensors(to_hf(encoder.state_dict()), d / "model.safetensors", meta)
-    atomic_write_json(d / "config.json", config_for(encoder))
-    atomic_write_json(d / "preprocessor_config.json", preprocessor_config_for(spec))
-    return d
+    return write_hf_folder(dst, to_hf(encoder.state_dict()), {"format": "pt", HF_SOURCE_METADATA_KEY: stated},
+                           config_for(encoder), preprocessor_config_for(declared_spec(encoder)))
 
 
-__all__ = ["HF_HUB_BLOCK", "HF_HUB_QKV", "HF_MEM_BLOCK", "HF_MEM_QKV", "HF_TOP", "arch_from_config",
-           "from_hf", "is_hf_config", "looks_like_hf", "read_hf_dir", "read_hf_state", "save_hf", "to_hf"]
+__all__ = ["HF_EXPORT_FILES", "HF_HUB_BLOCK", "HF_HUB_QKV", "HF_MEM_BLOCK", "HF_MEM_QKV", "HF_TOP", "arch_from_config",
+           "check_export_folder", "from_hf", "is_hf_config", "looks_like_hf", "read_hf_dir", "read_hf_state", "save_hf",
+           "to_hf", "write_hf_folder"]

@@ -3,7 +3,7 @@
 ``load`` reads top-down, one step per file:
   1. locate   a published model's name -> its file (downloaded to the cache once) and architecture (registry.py);
               a Hugging Face Hub repo id -> its snapshot in the Hub cache (hub.py); a run folder -> its latest
-              checkpoint; a missing path -> CheckpointNotFoundError
+              checkpoint; a fine-tuning run's folder -> its encoder; a missing path -> CheckpointNotFoundError
   2. detect + read + map keys   -> :class:`Weights` in our names (detect.py, which hands each format to its
               own file: reference.py, hf.py, timm.py, native.py)
   3. build    the encoder (and predictor) from those weights, strictly (build.py)
@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import CheckpointError, CheckpointNotFoundError
+from ..io import check_replaceable, read_json
 from ..models.predictor import VisionTransformerPredictor
 from ..models.vit import VisionTransformer
 from . import hf, hub, native, registry
@@ -31,15 +32,33 @@ from .weights import check_which
 ExportFormat = Literal["ijepa", "hf", "timm"]
 
 
+# The file that makes a folder a fine-tuned classifier (ijepa.eval.finetune.files.save_classifier writes it); its
+# "encoder" names the encoder's file in that folder.
+CLASSIFIER_INFO = "classifier.json"
+
+
 def run_checkpoint(path: Any) -> Any:
-    """A training run's folder (``ijepa train --out DIR``) stands for its latest checkpoint."""
+    """A folder that stands for one file: a training run's (``ijepa train --out DIR``) is its latest checkpoint;
+    a fine-tuning run's (``ijepa finetune --out DIR``) or its ``model/`` folder is the fine-tuned encoder."""
     if isinstance(path, (str, os.PathLike)):
         p = Path(path).expanduser()
         if p.is_dir() and not (p / "config.json").exists():
             latest = sorted(p.glob("*-latest.pth.tar"))
             if latest:
                 return latest[0]
+            for d in (p, p / "model"):
+                if (d / CLASSIFIER_INFO).is_file():
+                    return d / str(read_json(d / CLASSIFIER_INFO).get("encoder") or "encoder.safetensors")
     return path
+
+
+def _check_destination(dst: str | os.PathLike, to: str) -> None:
+    """Fail before anything is read where the export could not be written: a folder export over a file, or over
+    a folder holding files the export does not hold (it replaces the whole folder)."""
+    if to == "hf":
+        hf.check_export_folder(dst)
+    elif to == "timm" and Path(dst).suffix != ".safetensors":
+        check_replaceable(dst, timm_fmt.TIMM_EXPORT_FILES, "timm export")
 
 
 def _check_exists(src: Any) -> Any:
@@ -54,10 +73,11 @@ def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "ta
          with_predictor: bool = False, strict: bool = True, path: str | os.PathLike | None = None,
          revision: str | None = None
          ) -> VisionTransformer | tuple[VisionTransformer, VisionTransformerPredictor | None]:
-    """Build our ``VisionTransformer`` from any I-JEPA checkpoint (see :mod:`.detect` for the formats).
+    """Build our ``VisionTransformer`` from any I-JEPA checkpoint (see ``ijepa.interop.detect`` for the formats).
 
     Args:
-        path_or_dir: a file, a transformers/timm export directory, a run folder, an in-memory state dict or
+        path_or_dir: a file, a transformers/timm export directory, a run folder (training: its latest checkpoint;
+            ``ijepa finetune --out``: the fine-tuned encoder), an in-memory state dict or
             checkpoint dict, a published model's name (``"vith14-in1k"``…, see ``ijepa.interop.PUBLISHED``)
             with ``path=FILE`` (else the file in ``$IJEPA_HOME``, downloaded there once when it is missing), or a
             Hugging Face Hub repo id of a transformers I-JEPA model (``"facebook/ijepa_vith14_1k"``; the Hub's
@@ -71,13 +91,19 @@ def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "ta
         img_size: resolution to build at; a stored position table of another grid is resampled (bicubic, the
             same operation the model applies on the fly). Also declares the resolution of a non-square table.
         with_predictor: return ``(encoder, predictor)``; the predictor is None when the file has none.
-        strict: every key must fit, else :class:`CheckpointMismatchError`; ``False`` loads the matching keys
-            and warns about the rest.
+        strict: every key must fit, else ``ijepa.errors.CheckpointMismatchError``; ``False`` loads the matching
+            keys and warns about the rest.
         path: the file for a published model's name.
         revision: for a Hub repo id, the branch, tag or commit (default: main).
 
-    The encoder carries ``input_spec`` (from the file when it says, else ImageNet statistics at its
-    resolution) and ``source``, a short description of what was loaded.
+    Returns:
+        The encoder, in eval mode, or ``(encoder, predictor)`` with ``with_predictor``. The encoder carries
+        ``input_spec`` (from the file when it says, else ImageNet statistics at its resolution) and ``source``, a
+        short description of what was loaded.
+
+    Raises:
+        ijepa.errors.CheckpointError: the file is missing, unreadable, unsafe to unpickle, of no known layout, or
+            does not fit the model.
     """
     check_which(which)
     published = registry.lookup(path_or_dir, path)
@@ -107,15 +133,25 @@ def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "ta
 
 def export(encoder: VisionTransformer, dst: str | os.PathLike, to: ExportFormat = "ijepa", *,
            predictor: VisionTransformerPredictor | None = None, source: str | None = None) -> Path:
-    """Write an encoder (and, for ``to="ijepa"``, optionally its predictor) in one of the formats:
+    """Write an encoder (and, for ``to="ijepa"``, optionally its predictor) in one of the formats.
 
-    - ``"ijepa"``: one ``.safetensors`` file, architecture and input_spec as JSON metadata (our preferred
-      export; ``load`` rebuilds it exactly);
-    - ``"hf"``: a directory ``transformers.IJepaModel.from_pretrained`` loads (config.json, model.safetensors,
-      preprocessor_config.json);
-    - ``"timm"``: a directory ``timm.create_model("local-dir:DIR", pretrained=True)`` loads, or a
-      ``.safetensors`` file plus a ``<stem>.json`` sidecar when ``dst`` ends in ``.safetensors``.
-    Returns the path written (the directory, or the weights file)."""
+    Args:
+        encoder: the encoder to write.
+        dst: the file or directory to write.
+        to: the format:
+
+            - ``"ijepa"``: one ``.safetensors`` file, architecture and input_spec as JSON metadata (our preferred
+              export; ``load`` rebuilds it exactly);
+            - ``"hf"``: a directory ``transformers.IJepaModel.from_pretrained`` loads (config.json,
+              model.safetensors, preprocessor_config.json);
+            - ``"timm"``: a directory ``timm.create_model("local-dir:DIR", pretrained=True)`` loads, or a
+              ``.safetensors`` file plus a ``<stem>.json`` sidecar when ``dst`` ends in ``.safetensors``.
+        predictor: a predictor to keep beside the encoder (``to="ijepa"`` only).
+        source: what the file says it was made from (default: the encoder's ``source``).
+
+    Returns:
+        The path written (the directory, or the weights file).
+    """
     if to == "ijepa":
         return native.save_native(encoder, dst, predictor, source)
     if predictor is not None:
@@ -132,7 +168,24 @@ def convert(src: str | os.PathLike | Mapping[str, Any], dst: str | os.PathLike, 
             img_size: int | tuple[int, int] | None = None, strict: bool = True,
             path: str | os.PathLike | None = None, revision: str | None = None) -> Path:
     """``load`` ``src`` (any format it reads, a published name, a Hub repo id) and ``export`` it ``to`` a
-    format. ``with_predictor`` keeps the predictor (``to="ijepa"`` only)."""
+    format.
+
+    Args:
+        src: anything ``load`` reads.
+        dst: the file or directory to write.
+        to: ``"ijepa"``, ``"hf"`` or ``"timm"``, as for ``export``.
+        which: ``"target_encoder"`` or ``"encoder"``, as for ``load``.
+        with_predictor: keep the predictor (``to="ijepa"`` only).
+        arch: as for ``load``.
+        img_size: as for ``load``.
+        strict: as for ``load``.
+        path: as for ``load``.
+        revision: as for ``load``.
+
+    Returns:
+        The path written.
+    """
+    _check_destination(dst, to)
     out = load(src, which=which, arch=arch, img_size=img_size, with_predictor=with_predictor, strict=strict,
                path=path, revision=revision)
     encoder, predictor = out if isinstance(out, tuple) else (out, None)

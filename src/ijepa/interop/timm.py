@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_write_json, read_json, read_safetensors, read_torch, write_safetensors
+from ..io import atomic_folder, atomic_write_json, read_json, read_safetensors, read_torch, write_safetensors
 from ..spec import InputSpec
 from .weights import StateDict, Weights, declared_spec, split_predictor, strip_wrappers, tensors_only
 
@@ -52,6 +52,8 @@ TIMM_IJEPA_NAMES: dict[tuple[int, int, int, int], str] = {
 TIMM_FALLBACK_NAME = "vit_base_patch16_gap_224"
 TIMM_EPS = 1e-6
 TIMM_SOURCE_KEY = "ijepa"  # our extra block in config.json; timm ignores unknown top-level keys
+# What an export folder holds (ours, and timm's other weight file); a folder holding anything else is not replaced.
+TIMM_EXPORT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
 
 def from_timm(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
@@ -117,14 +119,16 @@ def save_timm(encoder: Any, dst: str | os.PathLike, source: str | None = None) -
     dst = Path(dst)
     cfg = config_for(encoder, source)
     if dst.suffix == ".safetensors":
-        weights, sidecar = dst, dst.with_suffix(".json")
-    else:
-        if dst.exists() and not dst.is_dir():
-            raise CheckpointError(f"{dst} exists and is not a directory; pass a folder or a .safetensors path")
-        weights, sidecar = dst / "model.safetensors", dst / "config.json"
-    write_safetensors(encoder.state_dict(), weights, {"format": "pt"})
-    atomic_write_json(sidecar, cfg)
-    return weights
+        write_safetensors(encoder.state_dict(), dst, {"format": "pt"})
+        atomic_write_json(dst.with_suffix(".json"), cfg)
+        return dst
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst} exists and is not a directory; pass a folder or a .safetensors path")
+    # a folder is written whole, config.json last: timm (like transformers) takes a folder with one as complete
+    with atomic_folder(dst, TIMM_EXPORT_FILES, "timm export") as tmp:
+        write_safetensors(encoder.state_dict(), tmp / "model.safetensors", {"format": "pt"})
+        atomic_write_json(tmp / "config.json", cfg)
+    return dst / "model.safetensors"
 
 
 def sidecar_for(path: Path) -> dict[str, Any] | None:

@@ -15,8 +15,8 @@ KINDS = ("pixel", "stochastic")
 
 MASKS_EPILOG = """\
 examples:
-  ijepa viz masks --out masks.png                              # the CPU default (Fashion-MNIST)
-  ijepa viz masks -c runs/recipe/e2/config.yaml --out m.png    # a run's own config
+  ijepa viz masks --out masks.png                              # the CPU default's rung for this machine
+  ijepa viz masks -c runs/quickstart/config.yaml --out m.png   # a run's own config
   ijepa viz masks mask.num_pred_masks=2 mask.min_keep=10 --out m.png
 """
 
@@ -68,7 +68,8 @@ def _add_masks(vs) -> None:
                                   "transform and MultiBlockMaskSampler: context tinted blue, each target block "
                                   "in its own colour (striped where blocks overlap), dropped patches grey.",
                       epilog=MASKS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("--config", "-c", help="YAML file (e.g. a run's config.yaml) or shipped config name")
+    m.add_argument("--config", "-c", help="YAML file (e.g. a run's config.yaml) or shipped config name (default: "
+                                          "what `ijepa train` runs here, the CPU default's rung for this machine)")
     m.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. mask.min_keep=10")
     m.add_argument("--out", "-o", required=True, help="PNG to write")
     m.add_argument("--n", type=int, default=8, help="images (default 8)")

@@ -11,9 +11,11 @@ import torch
 from ..data.fashion_mnist import CLASSES
 from ..device import resolve_device
 from ..interop import load
+from ..recipes import native_rung
+from . import VizError
 from .curves import plot_curves
 from .decoder import load_decoder, save_decoder, train_decoder
-from .features import ImageSet, feature_figure, load_images, save_figure
+from .features import ImageSet, feature_figure, load_images, pick_dataset, save_figure
 from .masks import draw_masks, mask_batch
 from .predict import (
     box_specificity,
@@ -34,8 +36,14 @@ def _dataset(args: argparse.Namespace) -> str:
 
 
 def masks_command(args: argparse.Namespace) -> int:
-    """``ijepa viz masks``: a config's training crops with the blocks its mask sampler draws."""
-    mb = mask_batch(args.config, args.overrides, n=args.n, seed=args.seed)
+    """``ijepa viz masks``: a config's training crops with the blocks its mask sampler draws; with no ``--config``
+    the config `ijepa train` would run here (the CPU default's rung for this machine's hardware)."""
+    config = args.config
+    if config is None:
+        rung, why = native_rung()
+        config = rung.config
+        print(f"no --config: {config}, the CPU default's rung for this machine ({why})")
+    mb = mask_batch(config, args.overrides, n=args.n, seed=args.seed)
     fig = draw_masks(mb.images, mb.masks_enc, mb.masks_pred, mb.grid_size, mb.patch_size, ncols=args.ncols,
                      title=mb.title)
     print(f"{mb.title}\nwrote {save_figure(fig, args.out)}")
@@ -56,12 +64,19 @@ def features_command(args: argparse.Namespace) -> int:
     shown = load_images(spec, args.n, seed=args.seed, **data)
     fit = None
     if args.fit:
-        fit = load_images(spec, args.fit, seed=args.seed + 1, exclude=shown.indices, **data)
+        try:  # a folder gives what it has, up to --fit
+            fit = load_images(spec, args.fit, seed=args.seed + 1, exclude=shown.indices, **data)
+        except VizError:
+            if pick_dataset(spec, data["dataset"], data["root"]) != "folder":
+                raise
+            # every image of the folder is shown: the PCA is fit on those alone
+    fitted = len(shown.images) + (len(fit.images) if fit is not None else 0)
     title = (f"{getattr(encoder, 'source', args.model)} — patch-token PCA, "
-             f"{'per-position mean removed' if args.center == 'position' else 'plain'}, fit on "
-             f"{args.n + (args.fit or 0)} images")
+             f"{'per-position mean removed' if args.center == 'position' else 'plain'}, fit on {fitted} images"
+             + (" (all there are)" if fitted < args.n + (args.fit or 0) else ""))
     fig, maps = feature_figure(encoder, shown, fit=fit, threshold=args.threshold, upsample=args.upsample,
                                center=args.center, title=title)
+    print(title)
     print(f"PC1 explains {100 * maps.explained_pc1:.1f}% of the variance; threshold {maps.threshold:.4g}; "
           f"{100 * maps.foreground.mean():.0f}% of the shown patches are foreground")
     print(f"wrote {save_figure(fig, args.out)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import first_line
 from . import VizError
 
 # (column, title, y scale) of each panel, in order; absent or empty columns are skipped.
@@ -24,10 +25,18 @@ MONITOR_PANELS = (("target_std", "target feature std (collapse → 0)", "log"),
                   ("knn", "online k-NN accuracy", "linear"))
 
 
+class NotARunError(VizError, FileNotFoundError):
+    """The folder is not a training run's (no log.csv): one line from the ``viz`` commands, and still the
+    ``FileNotFoundError`` a caller may catch."""
+
+
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
     """Columns as float arrays (NaN where a cell is empty or not a number), deduplicated by ``step``."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise VizError(f"cannot read {path}: {first_line(e)}") from None
     if not rows:
         return {}
     cols: dict[str, list[float]] = {k: [] for k in rows[0] if k is not None}
@@ -52,10 +61,10 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     """(log columns, monitor columns) of a run folder; the monitor dict is empty when there is no monitor.csv."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run} is not a run folder (expected the --out folder of `ijepa train`)")
+        raise NotARunError(f"{run} is not a run folder (expected the --out folder of `ijepa train`)")
     log_path = run / "log.csv"
     if not log_path.is_file():
-        raise FileNotFoundError(f"{run} has no log.csv: is it the --out folder of `ijepa train`?")
+        raise NotARunError(f"{run} has no log.csv: is it the --out folder of `ijepa train`?")
     log = _read_csv(log_path)
     if "step" not in log or not len(log["step"]):
         raise VizError(f"{log_path} has no rows with a step column")
@@ -85,6 +94,9 @@ def plot_curves(run_dir: str | os.PathLike, *, smooth: int | None = None, ncols:
     step = log["step"]
     panels = [(log, *p) for p in LOG_PANELS if np.isfinite(log.get(p[0], np.array([np.nan]))).any()]
     panels += [(mon, *p) for p in MONITOR_PANELS if np.isfinite(mon.get(p[0], np.array([np.nan]))).any()]
+    if not panels:
+        raise VizError(f"{Path(run_dir) / 'log.csv'} has none of the columns plotted "
+                       f"({', '.join(p[0] for p in LOG_PANELS + MONITOR_PANELS)}) with a number in it")
     nrows = math.ceil(len(panels) / max(1, ncols))
     ncols = math.ceil(len(panels) / nrows)  # balanced rows: 6 panels as 2 x 3, not 4 + 2
     fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows + 0.4), layout="constrained")

@@ -144,6 +144,17 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
+def panel_label(name: object, width: int = 14, lines: int = 4) -> str:
+    """An image's name as a panel's label: the whole name wrapped to ``width`` characters a line (what fits over
+    a panel), so that names sharing a long prefix stay apart; past ``lines`` lines its middle gives way to "…",
+    keeping the start and the end (where numbers and extensions differ)."""
+    text = str(name)
+    room = width * lines
+    if len(text) > room:
+        text = text[:room // 2 - 1] + "…" + text[-(room - room // 2):]
+    return "\n".join(text[i:i + width] for i in range(0, len(text), width))
+
+
 def to_display(images: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [0, 1] -> (N, H, W) for grey or (N, H, W, 3) for colour, clipped, for ``imshow``."""
     x = images.detach().cpu().float().clamp(0, 1).numpy()
@@ -294,7 +305,7 @@ def draw_features(images: torch.Tensor, maps: FeatureMaps, *, upsample: str = "b
         axes[1, i].contour(fg_hard[i], levels=[0.5], colors="white", linewidths=0.8)
         axes[2, i].imshow(rgb[i])
         if names is not None:
-            axes[0, i].set_title(str(names[i])[:14], fontsize=8)
+            axes[0, i].set_title(panel_label(names[i]), fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -320,4 +331,5 @@ def feature_figure(encoder: torch.nn.Module, image_set: ImageSet, *, fit: ImageS
 
 
 __all__ = ["FeatureMaps", "ImageSet", "draw_features", "encode", "encoder_input", "feature_figure", "load_images",
-           "otsu_threshold", "pca_feature_maps", "pick_dataset", "save_figure", "to_display", "upsample_maps"]
+           "otsu_threshold", "panel_label", "pca_feature_maps", "pick_dataset", "save_figure", "to_display",
+           "upsample_maps"]

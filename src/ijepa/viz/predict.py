@@ -33,7 +33,7 @@ from ..interop import load
 from ..masks import MaskConfig, MultiBlockMaskSampler
 from . import VizError
 from .decoder import PixelDecoder, check_decoder_fits, decoder_input
-from .features import encode, encoder_input, to_display
+from .features import encode, encoder_input, panel_label, to_display
 
 Box = tuple[int, int, int, int]  # (row, col, height, width) in patches
 GREY = 0.5
@@ -310,7 +310,7 @@ def draw_predictions(r: Rendered, *, names: Sequence[str] | None = None, title: 
             elif label.startswith("decoder on"):
                 ax.set_xlabel(f"box PSNR {_box_psnr(data[i], r.original[i], r.boxes[i], p):.1f} dB", fontsize=7)
         if names is not None:
-            axes[i, 0].set_ylabel(str(names[i])[:14], fontsize=8)
+            axes[i, 0].set_ylabel(panel_label(names[i]), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

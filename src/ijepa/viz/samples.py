@@ -31,7 +31,7 @@ from ..optim import param_groups, set_lr, warmup_cosine
 from ..precision import resolve_precision
 from . import VizError
 from .decoder import PixelDecoder, check_decoder_fits
-from .features import to_display
+from .features import panel_label, to_display
 from .predict import Box, WorldModel, box_ids, box_pixels, grey_box, predict_box
 from .stochastic import GridDenoiser, _features, box_masks, draw_samples, sample
 
@@ -121,7 +121,7 @@ def draw_sample_rows(r: SampleRows, *, names: Sequence[str] | None = None, title
             if j >= 2:
                 ax.set_xlabel(f"{_box_psnr(data[i], r.original[i], r.boxes[i], p):.1f} dB", fontsize=7)
         if names is not None:
-            axes[i, 0].set_ylabel(str(names[i])[:14], fontsize=8)
+            axes[i, 0].set_ylabel(panel_label(names[i]), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -12,8 +12,28 @@ from ...precision import PRECISIONS
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning hyper-parameters; the module docstring documents every field. Invalid values raise
-    :class:`ijepa.config.ConfigError` naming the field."""
+    """Fine-tuning hyper-parameters (``ijepa finetune`` flags in brackets). Invalid values raise
+    ``ijepa.errors.ConfigError`` naming the field.
+
+    Attributes:
+        epochs: passes over the training images [--epochs].
+        batch_size: images per step [--batch-size].
+        lr: base lr for 256 images; the peak is lr * batch_size / 256 [--lr].
+        min_lr: the cosine's floor [--min-lr].
+        warmup_epochs: linear warm-up length, in epochs (fractions allowed) [--warmup-epochs].
+        weight_decay: AdamW decoupled weight decay, matrices only [--weight-decay].
+        layer_decay: layer-wise lr decay factor, in (0, 1]; 1 = off [--layer-decay].
+        label_smoothing: in [0, 1) [--label-smoothing].
+        drop_path: stochastic depth of the last block (0 for the first) [--drop-path].
+        clip_grad: max gradient norm, None = no clipping [--clip-grad].
+        dtype: "auto" (the precision policy), "bf16", "fp16" or "fp32" [--dtype].
+        seed: head init, shuffling, augmentation, drop-path [--seed].
+        random_resized_crop: random-resized crop to the encoder's input size [--no-augment: off].
+        crop_scale: area fraction range of the crop (MAE uses 0.08; mild for 28 px images).
+        hflip: random horizontal flips [--no-augment: off].
+        eval_batch_size: images per validation batch.
+        head_init_std: head weights ~ trunc-normal(std) (MAE's tiny head init), bias 0.
+    """
 
     epochs: int = 10
     batch_size: int = 128

@@ -115,20 +115,33 @@ def finetune(encoder: nn.Module, train_images: Any, train_labels: Any, val_image
              input_spec: dict | None = None, *, num_classes: int | None = None,
              id2label: dict[int, str] | None = None, device: torch.device | str | None = None,
              progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune ``encoder`` with a new linear head (:class:`ClassifierModel`) end to end.
+    """Fine-tune ``encoder`` with a new linear head (``ClassifierModel``) end to end.
 
-    ``train_images`` / ``val_images``: raw images held in memory — uint8 (0..255) or float in [0, 1], shaped
-    (N, H, W), (N, C, H, W) or (N, H, W, C); each batch is augmented (training only) and preprocessed on the
-    device with ``input_spec`` (default: the encoder's, see :func:`ijepa.data.preprocess.resolve_input_spec`),
-    exactly as feature extraction preprocesses. Labels are class indices; ``num_classes`` defaults to the largest + 1.
+    The encoder is trained in place (pass a copy to keep the original).
 
-    The encoder is trained in place (pass a copy to keep the original) on ``device`` (default: where the
-    encoder is). ``cfg``: :class:`FinetuneConfig`. With ``out_dir``, writes ``finetune_log.csv``,
-    ``metrics.json`` (plus ``meta``) and the final model under ``model/`` (:func:`save_classifier`).
+    Args:
+        encoder: the encoder to fine-tune.
+        train_images: raw images held in memory — uint8 (0..255) or float in [0, 1], shaped (N, H, W),
+            (N, C, H, W) or (N, H, W, C); each batch is augmented and preprocessed on the device with
+            ``input_spec``, exactly as feature extraction preprocesses.
+        train_labels: class indices.
+        val_images: as ``train_images`` (not augmented).
+        val_labels: class indices.
+        cfg: the hyper-parameters (default: ``FinetuneConfig()``).
+        out_dir: where to write ``finetune_log.csv``, ``metrics.json`` (plus ``meta``) and the final model under
+            ``model/`` (``save_classifier``); None writes nothing.
+        input_spec: how to preprocess (default: the encoder's, see
+            ``ijepa.data.preprocess.resolve_input_spec``).
+        num_classes: default: the number of ``id2label`` entries, else the largest label + 1.
+        id2label: class names, kept with the model.
+        device: where to train (default: where the encoder is).
+        progress: show progress bars.
+        meta: extra entries for ``metrics.json``.
 
-    Returns ``{"train_loss": [per epoch], "val_top1": [per epoch], "val_loss": [...], "final_val_top1",
-    "best_val_top1", "best_epoch", "history" (rows of the log), "peak_lr", "steps", "seconds", "n_train",
-    "n_val", "num_classes", "config", "model"}`` (accuracies as fractions; ``model`` in eval mode).
+    Returns:
+        dict: ``{"train_loss": [per epoch], "val_top1": [per epoch], "val_loss": [...], "final_val_top1",
+        "best_val_top1", "best_epoch", "history" (rows of the log), "peak_lr", "steps", "seconds", "n_train",
+        "n_val", "num_classes", "config", "model"}`` (accuracies as fractions; ``model`` in eval mode).
     """
     cfg = (cfg or FinetuneConfig()).validate()
     t0 = time.perf_counter()

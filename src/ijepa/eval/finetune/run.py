@@ -70,12 +70,28 @@ def run_finetune(src: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: Fin
                  root: str | os.PathLike | None = None, limit: int | None = None, which: str = "target_encoder",
                  path: str | None = None, device: str = "auto", export_hf: str | os.PathLike | None = None,
                  val_fraction: float = 0.1, progress: bool = True) -> dict[str, Any]:
-    """``ijepa finetune``: load ``src`` (anything ``ijepa.load`` reads), fine-tune it on Fashion-MNIST (train
-    on the training set, validate on the 10,000 test images) or on ``images_dir`` (class sub-folders; with
-    ``train/`` and ``val/`` (or ``test/``) sub-folders those are the splits, else ``val_fraction`` of each
-    class is held out), write everything under ``out_dir`` and, with ``export_hf``, a transformers
-    ``IJepaForImageClassification`` folder. ``limit``: the first N images of each Fashion-MNIST split, or a
-    seeded random N of each folder split. Returns :func:`finetune`'s result plus the run's description."""
+    """``ijepa finetune``: load ``src``, fine-tune it, write everything under ``out_dir``.
+
+    Args:
+        src: anything ``ijepa.load`` reads.
+        out_dir: the folder for ``finetune_log.csv``, ``metrics.json`` and ``model/``.
+        cfg: the hyper-parameters (default: ``FinetuneConfig()``).
+        dataset: ``"fashion_mnist"``: train on the training set, validate on the 10,000 test images.
+        images_dir: instead, a folder of class sub-folders; with ``train/`` and ``val/`` (or ``test/``)
+            sub-folders those are the splits, else ``val_fraction`` of each class is held out.
+        root: the Fashion-MNIST folder.
+        limit: the first N images of each Fashion-MNIST split, or a seeded random N of each folder split.
+        which: ``"target_encoder"`` or ``"encoder"``, as for ``ijepa.load``.
+        path: the checkpoint file, when ``src`` is a published model's name.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        export_hf: also write a transformers ``IJepaForImageClassification`` folder there.
+        val_fraction: with ``images_dir`` and no validation folder.
+        progress: show progress bars.
+
+    Returns:
+        ``finetune``'s result plus the run's description (``src``, ``source``, ``dataset``, ``split``,
+        ``classes``, ``out_dir``, and ``export_hf``).
+    """
     cfg = (cfg or FinetuneConfig()).validate()
     if limit is not None and limit < 1:
         raise ConfigError(f"finetune.limit must be >= 1, got {limit!r}")
