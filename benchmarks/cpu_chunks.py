@@ -13,8 +13,8 @@ last row of each batch size is ``ijepa.eval.extract.extract_features`` itself (`
 match the ``CPU_CHUNK_TOKENS`` row. The configurations take turns for ``--rounds`` rounds, and each keeps its
 fastest round. The outputs are checked before anything is timed: equal to the bit in fp32, within the dtype's
 rounding in bf16. Prints a table with the ratio against the whole batch and writes JSON. The training step's
-ratio (0.98x, docs/performance.md) was measured with a training option since removed: training runs each batch
-whole.
+ratio (0.98x, docs/experiments/2026-11-loader-and-step-benchmarks.md) was measured with a training option since
+removed: training runs each batch whole.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 Appends a JSON line to benchmarks/results/recipe.jsonl with what changed, images seen, minutes, fmnist-probe of
 the target and context encoders, final loss and RankMe (effective rank of pooled test features), so every
-experiment behind docs/cpu-recipe.md can be re-run and compared.
+experiment behind docs/experiments/2026-11-cpu-recipe-search.md can be re-run and compared.
 """
 
 from __future__ import annotations

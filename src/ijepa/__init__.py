@@ -5,7 +5,7 @@ Public API: ``build_encoder``, ``build_predictor``, ``load``, ``convert``, ``exp
 package). Imported lazily, so ``import ijepa`` stays fast and torch-free until a model is needed.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # name -> (module, its name there): pretrain is not called so in its module
 _EXPORTS = {

@@ -50,6 +50,18 @@ def knn_classify(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Ten
 
 def knn_accuracy(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, test_y: torch.Tensor,
                  **kwargs: Any) -> float:
-    """Top-1 accuracy (fraction) of :func:`knn_classify`; ``kwargs`` go to it (k, T, ...)."""
+    """Top-1 accuracy of ``knn_classify``, the temperature-weighted k-NN vote.
+
+    Args:
+        train_X: the bank's features (N, D).
+        train_y: the bank's labels (N,).
+        test_X: the queries' features.
+        test_y: the queries' labels.
+        **kwargs: go to ``knn_classify`` (``k``, default 20; ``T``, default 0.07; ``num_classes``,
+            ``batch_size``).
+
+    Returns:
+        The accuracy, as a fraction.
+    """
     pred = knn_classify(train_X, train_y, test_X, **kwargs)
     return (pred == torch.as_tensor(test_y).long().reshape(-1).cpu()).float().mean().item()

@@ -103,7 +103,23 @@ def build_predictor(encoder: nn.Module | None = None, *, grid_size: int | Sequen
                     embed_dim: int | None = None, predictor_embed_dim: int = 384, depth: int = 6,
                     num_heads: int | None = None, **kwargs) -> VisionTransformerPredictor:
     """A predictor sized for ``encoder`` (its grid, width and — as the reference does — its head count), or from
-    explicit fields."""
+    explicit fields.
+
+    Args:
+        encoder: the encoder whose grid, width and head count the predictor takes (explicit fields win).
+        grid_size: the patch grid, one side or ``(height, width)``, without ``encoder``.
+        embed_dim: the encoder's width, without ``encoder``.
+        predictor_embed_dim: the predictor's own width.
+        depth: predictor blocks.
+        num_heads: attention heads (default: the encoder's, else 12).
+        **kwargs: further fields of ``VisionTransformerPredictor``.
+
+    Returns:
+        The ``VisionTransformerPredictor``, with random weights.
+
+    Raises:
+        ValueError: neither ``encoder`` nor both ``grid_size`` and ``embed_dim`` were given.
+    """
     if encoder is not None:
         grid_size = grid_size or encoder.grid_size
         embed_dim = embed_dim or encoder.embed_dim

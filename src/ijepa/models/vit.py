@@ -314,8 +314,20 @@ def arch_name(arch: str) -> str:
 
 def build_encoder(arch: str = "vit_base", patch_size: int = 16, img_size: int | Sequence[int] = 224,
                   in_chans: int = 3, **kwargs) -> VisionTransformer:
-    """An encoder of a registered size (``vit_tiny`` … ``vit_gigantic``); ``kwargs`` override any field
-    (e.g. ``depth=6`` for a shallower tiny, ``drop_path_rate=0.1``)."""
+    """An encoder of a registered size (``vit_tiny`` … ``vit_gigantic``), with random weights.
+
+    Args:
+        arch: the size's name (``VIT_SIZES``: ``vit_tiny``, ``vit_small``, ``vit_base``, ``vit_large``,
+            ``vit_huge``, ``vit_giant``, ``vit_gigantic``; ``"huge"`` and ``"ViT-H"`` also work).
+        patch_size: patch side in pixels.
+        img_size: the input resolution, one side or ``(height, width)``.
+        in_chans: input channels.
+        **kwargs: override any field of ``VisionTransformer`` (e.g. ``depth=6`` for a shallower tiny,
+            ``drop_path_rate=0.1``).
+
+    Returns:
+        The ``VisionTransformer``; its forward maps images (B, C, H, W) to patch tokens (B, N, D).
+    """
     dim, depth, heads, mlp = VIT_SIZES[arch_name(arch)]
     params = dict(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp)
     params.update(kwargs)
