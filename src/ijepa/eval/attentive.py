@@ -156,6 +156,35 @@ def _evaluate(model: AttentiveProbe, source: TokenSource, y: torch.Tensor, batch
     return correct / max(len(y), 1)
 
 
+def _fit(model: nn.Module, opt: torch.optim.Optimizer, precision: Precision, tokens: TokenSource, y: torch.Tensor,
+         dev: torch.device, g: torch.Generator, *, epochs: int, lr: float, batch_size: int, warmup_fraction: float,
+         progress: bool) -> float:
+    """``epochs`` shuffled passes over the tokens, the lr warmed up then cosine-decayed per step; the last epoch's
+    mean loss."""
+    from tqdm.auto import tqdm
+
+    n, scaler = len(y), precision.grad_scaler()
+    total = max(1, epochs * math.ceil(n / batch_size))
+    warmup = int(warmup_fraction * total)
+    step, loss_sum, loss_n = 0, 0.0, 0
+    for _ in tqdm(range(epochs), disable=not progress, desc="attentive probe", unit="epoch"):
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        loss_sum, loss_n = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            x = _fetch(tokens, idx, dev)
+            set_lr(opt, warmup_cosine(step, total, warmup, lr, warmup_offset=1))
+            with precision.autocast():
+                loss = F.cross_entropy(model(x).float(), y[idx].to(dev))
+            opt.zero_grad(set_to_none=True)
+            backward_step(loss, opt, scaler)
+            step += 1
+            loss_sum += loss.item() * len(idx)
+            loss_n += len(idx)
+    return loss_sum / max(loss_n, 1)
+
+
 @torch.inference_mode(False)  # usable from inside an extraction's inference mode
 @torch.enable_grad()
 def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.ndarray,
@@ -216,34 +245,13 @@ def train_attentive_probe(train_tokens: TokenSource, train_y: torch.Tensor | np.
 
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
     precision = resolve_precision(dtype, dev)
-    scaler = precision.grad_scaler()
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    warmup = int(warmup_fraction * total)
-
-    from tqdm.auto import tqdm
-
-    step, loss_sum, loss_n = 0, 0.0, 0
-    for _ in tqdm(range(epochs), disable=not progress, desc="attentive probe", unit="epoch"):
-        model.train()
-        perm = torch.randperm(n, generator=g)
-        loss_sum, loss_n = 0.0, 0
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            x = _fetch(train_tokens, idx, dev)
-            set_lr(opt, warmup_cosine(step, total, warmup, lr, warmup_offset=1))
-            with precision.autocast():
-                loss = F.cross_entropy(model(x).float(), train_y[idx].to(dev))
-            opt.zero_grad(set_to_none=True)
-            backward_step(loss, opt, scaler)
-            step += 1
-            loss_sum += loss.item() * len(idx)
-            loss_n += len(idx)
+    final_loss = _fit(model, opt, precision, train_tokens, train_y, dev, g, epochs=epochs, lr=lr,
+                      batch_size=batch_size, warmup_fraction=warmup_fraction, progress=progress)
 
     model.requires_grad_(False)
     eval_bs = max(batch_size, 256)
     train_acc = _evaluate(model, train_tokens, train_y, eval_bs, dev, precision) if eval_train else None
     test_acc = _evaluate(model, test_tokens, test_y, eval_bs, dev, precision)
-    return {"accuracy": test_acc, "train_accuracy": train_acc, "final_loss": loss_sum / max(loss_n, 1),
+    return {"accuracy": test_acc, "train_accuracy": train_acc, "final_loss": final_loss,
             "epochs": epochs, "seconds": time.perf_counter() - t0, "precision": str(precision),
             "model": model.eval()}
