@@ -16,6 +16,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from ijepa.cli import main as ijepa_main
 from ijepa.data.datasets import CorruptImageWarning, ImageFolderDataset, collate_skip_corrupt
 from ijepa.data.shards.cli import main
 from ijepa.data.shards.format import ShardReadWarning, ShardsNotFoundError
@@ -260,6 +261,10 @@ def test_deterministic_refuses_to_clobber_and_overwrites_cleanly(src, shards, tm
     assert [p.read_bytes() for p in again] == [(shards / p.name).read_bytes() for p in again]
     with pytest.raises(FileExistsError, match="overwrite"):
         write_shards(src, tmp_path / "again")
+    capsys.readouterr()
+    assert ijepa_main(["shards", str(src), str(tmp_path / "again")]) == 1  # one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("ijepa: output exists: ") and "--overwrite" in err and err.count("\n") == 1
     assert main([str(src), str(tmp_path / "again"), "--max-count", "20", "--overwrite"]) == 0
     assert "30 images in 2 shards" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "again").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]

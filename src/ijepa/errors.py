@@ -29,6 +29,12 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
     kind = "data error"
 
 
+class OutputExistsError(IJepaError, FileExistsError):
+    """An output folder already holds what a command would write there, and overwriting was not asked for."""
+
+    kind = "output exists"
+
+
 class CheckpointError(IJepaError, ValueError):
     """A weights file that is missing, unreadable, unsafe to unpickle or does not fit the model."""
 

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ...errors import OutputExistsError
 from ...io import atomic_write_text
 from ..datasets import CorruptImageWarning, FlatImageFolder, ImageFolderDataset, is_image_file
 from ..decode import DEFAULT_MAX_PIXELS, header_problem
@@ -170,9 +171,9 @@ def _claim(out: Path, pattern: re.Pattern, prefix: str, overwrite: bool) -> set[
     index_path = out / INDEX_NAME
     existing = sorted(p.name for p in out.iterdir() if pattern.match(p.name))
     if (index_path.exists() or existing) and not overwrite:
-        raise FileExistsError(f"{out} already holds {INDEX_NAME if index_path.exists() else 'shards'}"
-                              f"{f' and {len(existing)} {prefix}-*.tar files' if existing else ''}; "
-                              "pass overwrite=True (CLI: --overwrite) or choose another folder")
+        raise OutputExistsError(f"{out} already holds {INDEX_NAME if index_path.exists() else 'shards'}"
+                                f"{f' and {len(existing)} {prefix}-*.tar files' if existing else ''}; "
+                                "pass overwrite=True (CLI: --overwrite) or choose another folder")
     old_names: set[str] = set()
     if index_path.exists():
         try:
