@@ -239,14 +239,15 @@ def test_a_limit_the_run_fits_changes_nothing_bit_for_bit(tmp_path):
 @pytest.mark.slow
 def test_a_timed_run_killed_resumes_its_plan_and_its_record_replays_it(tmp_path):
     run = tmp_path / "run"
+    # every step logged: the last row is the last step however few the time left (a busy machine) lets it train
     args = [*TINY, "optimization.epochs=100", "logging.online_knn=false", "logging.checkpoint_every_steps=5",
-            "meta.threads=1"]
+            "meta.threads=1", "logging.log_freq=1"]
     cmd = [sys.executable, "-m", "ijepa", "train", "--config", "fmnist_cpu", "--out", str(run), "--minutes", "0.4",
            *args]
     with open(tmp_path / "first.out", "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
-        while not (run / "jepa-latest.pth.tar").exists() or load_checkpoint(run / "jepa-latest.pth.tar")["step"] < 20:
+        while not (run / "jepa-latest.pth.tar").exists() or load_checkpoint(run / "jepa-latest.pth.tar")["step"] < 10:
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.out").read_text()
             time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
