@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from ijepa.config import Config, load_config
@@ -78,3 +79,13 @@ def reference_file(path: Path, ctx: VisionTransformer, tgt: VisionTransformer,
         "scaler": None, "epoch": 300, "loss": 0.123, "batch_size": 128, "world_size": 16, "lr": 1e-3,
     }, path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for a test, restored after: the small models these tests train run as fast, and the
+    other core stays free for the processes the test starts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,12 +36,7 @@ from ijepa.viz.features import draw_features, encode, pca_feature_maps  # noqa: 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the machine is shared with timed runs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _set(k: int, rows: int = 6, dim: int = 3) -> FeatureSet:

@@ -28,12 +28,7 @@ from ijepa.viz.stochastic import (
 FMNIST_SPEC = {"image_size": (28, 28), "in_chans": 1, "mean": (0.286,), "std": (0.353,)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _encoder(seed: int = 0, dim: int = 32):

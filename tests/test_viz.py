@@ -35,13 +35,7 @@ from ijepa.viz.predict import (  # noqa: E402
 FMNIST_SPEC = {"image_size": (28, 28), "in_chans": 1, "mean": (0.286,), "std": (0.353,)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared with timed runs: stay on one core.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ijepa(argv: list[str]) -> int:
