@@ -6,8 +6,6 @@ import torch
 import yaml
 
 from ijepa.config import (
-    ENCODER_NAMES,
-    ENCODER_WIDTH_HEADS,
     REFERENCE_KEYS,
     REMOVED_KEYS,
     Config,
@@ -19,6 +17,7 @@ from ijepa.config import (
     translate_reference_keys,
 )
 from ijepa.config_overrides import parse_overrides
+from ijepa.config_sections import ENCODER_NAMES, ENCODER_WIDTH_HEADS
 from ijepa.models import VIT_SIZES
 
 
@@ -225,7 +224,7 @@ def test_config_module_stays_torch_free():
 
 
 def test_the_mask_section_is_the_samplers_config():
-    from ijepa.config import MaskConfig
+    from ijepa.config_sections import MaskConfig
     from ijepa.masks import MaskConfig as SamplerConfig
     from ijepa.masks import MultiBlockMaskSampler
 

@@ -244,7 +244,7 @@ def test_canvas_folder_keeps_the_pixel_limit(tmp_path):
 
 @pytest.mark.parametrize("kind", ["imagefolder", "shards"])
 def test_the_training_pipeline_augments_on_the_device_reproducibly(tmp_path, kind):
-    from ijepa.config import DataConfig
+    from ijepa.config_sections import DataConfig
     from ijepa.data.shards.writer import write_shards
     from ijepa.train.distributed import DistInfo
     from ijepa.train.inputs import build_pipeline

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import TINY, cfg_with
 
-from ijepa.config import OptimizationConfig
+from ijepa.config_sections import OptimizationConfig
 from ijepa.errors import ConfigError
 from ijepa.train.checkpoint import load_checkpoint
 from ijepa.train.horizon import MARGIN, Horizon, Replan, TimedHorizon, build_horizon

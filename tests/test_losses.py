@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ijepa.config import LossConfig, load_config
+from ijepa.config import load_config
+from ijepa.config_sections import LossConfig
 from ijepa.masks import MaskConfig, MultiBlockMaskSampler
 from ijepa.models import apply_masks
 from ijepa.models.targets import normalize_targets

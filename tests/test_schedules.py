@@ -1,6 +1,7 @@
 import pytest
 
-from ijepa.config import ConfigError, OptimizationConfig, load_config
+from ijepa.config import ConfigError, load_config
+from ijepa.config_sections import OptimizationConfig
 from ijepa.train.horizon import Horizon, Replan
 from ijepa.train.schedules import Schedules
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .config import MaskConfig
+from .config_sections import MaskConfig
 from .mask_geometry import geometry_problem, reference_block_size, reference_hang_message
 
 __all__ = ["MaskConfig", "MultiBlockMaskSampler"]

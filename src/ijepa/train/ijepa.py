@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 from torch.profiler import record_function
 
-from ..config import Config, OptimizationConfig
+from ..config import Config
+from ..config_sections import OptimizationConfig
 from ..models import apply_masks, build_encoder, build_predictor
 from ..models.targets import normalize_targets
 from ..optim import param_groups

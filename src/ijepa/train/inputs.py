@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DataConfig
+from ..config_sections import DataConfig
 from ..data.datasets import dataset_info, read_sample
 from ..data.decode import Unreadable
 from ..data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, default_max_size

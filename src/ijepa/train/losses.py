@@ -1,4 +1,4 @@
-"""The pretraining loss: the paper's prediction loss, and the extra terms :class:`~ijepa.config.LossConfig` can add.
+"""The pretraining loss: the paper's prediction loss, and the extra terms :class:`~ijepa.config_sections.LossConfig` can add.
 
 The paper's loss is :func:`prediction_loss` alone. Each extra term is ours, not the paper's: a small module with a
 ``name``, a ``weight`` and the ``config_key`` that sets it, applied to the batch's mean-pooled context features
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import LossConfig
+from ..config_sections import LossConfig
 
 
 def prediction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
