@@ -118,11 +118,36 @@ def test_positions_are_continuous_and_reach_the_end_at_the_last_step():
     assert min(deltas) > 0  # never back, never stalled
     # no jump at a re-plan: every step moves at the rate of the segment it is in (the steps left share the
     # positions left), the first step of a new segment included
-    rates = {r.step: (IPE - h.position(r.step)) / (r.total - r.step) for r in h.record}
+    # (a plan held before the run was at speed keeps the pace of the plan before it)
+    rates = {r.step: (IPE - h.position(r.step)) / (r.total - r.step) for r in h.record if not r.held}
+    assert any(r.held for r in h.record) and len(rates) > 1
     for s_, d in enumerate(deltas):
         seg = max(k for k in rates if k <= s_)
         assert d == pytest.approx(rates[seg])
     assert u[-1] == pytest.approx(IPE)
+
+
+def test_a_busy_start_moves_the_last_step_but_not_the_warm_up():
+    # the plans made while a neighbour slows the first minute are held: the schedules keep the configured pace
+    # (u = step) until a plan is made at speed, so the warm-up is the quiet run's, step for step
+    opt = OptimizationConfig(epochs=1, warmup=0.25, lr=5e-4, start_lr=1e-4, final_lr=1e-6, ema=(0.999, 1.0))
+    busy, steps, _ = simulate(10.5, lambda t: 3.5 if t < 60 else 1.25)
+    quiet, quiet_steps, _ = simulate(10.5, lambda t: 1.25)
+    held = [r for r in busy.record if r.held]
+    assert held and held[0].total < 0.6 * IPE  # the busy minute planned a short run ...
+    trusted = next(r for r in busy.record[1:] if not r.held)
+    assert trusted.step > held[-1].step
+    s, q = Schedules.from_config(opt, IPE, busy), Schedules.from_config(opt, IPE, quiet)
+    for step in range(0, trusted.step + 1, 5):  # ... which did not move the schedules
+        assert busy.position(step) == step and s.lr_at(step) == pytest.approx(q.lr_at(step))
+    assert busy.position(steps) == pytest.approx(IPE) and s.lr_at(steps) == pytest.approx(1e-6)
+    assert steps >= 0.9 * quiet_steps
+
+
+def test_a_run_that_ends_before_it_is_at_speed_is_still_annealed():
+    # a run so short that no re-plan comes after the busy start: its last plan is trusted, the schedules anneal
+    h, steps, _ = simulate(0.5, lambda t: 3.0 if t < 10 else 1.0)
+    assert h.position(steps) == pytest.approx(IPE)
 
 
 def test_the_schedules_anneal_over_the_planned_steps():

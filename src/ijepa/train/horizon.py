@@ -9,7 +9,10 @@ A run's length is its configured steps, ``S`` (``optimization.epochs`` x steps p
   steps as the run goes and, at regular points, re-plans the last step ``T`` from the time left and the recent
   step time: a slow start, a throttling laptop or a busy neighbour moves ``T``, not the end time. After a re-plan
   at step ``s`` (position ``u_s``) the steps left share the positions left, ``u = u_s + (S - u_s)(step - s) /
-  (T - s)``, so every schedule continues smoothly and is annealed to the last step, wherever that lands;
+  (T - s)``, so every schedule continues smoothly and is annealed to the last step, wherever that lands. Until
+  the run is at speed (past a busy start-up: :meth:`TimedHorizon._trusts`) a re-plan moves only the last step and
+  the schedules keep the configured pace, ``u = step``: a plan made on a neighbour's minute would otherwise rush
+  the warm-up, and the run would pay for it after the machine is its own again;
 - a **replayed** horizon (``optimization.replay``) follows the plan an earlier timed run recorded, which
   reproduces that run bit for bit.
 
@@ -50,6 +53,7 @@ class Replan:
     total: int
     step_seconds: float | None = None  # the step time this plan was made with (None: not timed)
     seconds_left: float | None = None  # the training time it had left
+    held: bool = False  # made before the run was at speed: it moves the last step, not the schedules' pace
 
 
 class Horizon:
@@ -73,6 +77,11 @@ class Horizon:
         return self.record[-1].total
 
     @property
+    def schedule_total(self) -> int:
+        """The last step the schedules are paced for: the latest plan not held (the configured length until one)."""
+        return next(r.total for r in reversed(self.record) if not r.held)
+
+    @property
     def end(self) -> int:
         """Where the loop stops: the planned last step, or ``max_steps`` before it."""
         return min(self.total, self.stop_at) if self.stop_at else self.total
@@ -86,6 +95,8 @@ class Horizon:
         for r in self.record:
             if r.step > step:
                 break
+            if r.held:  # the schedules keep the pace of the plan before it
+                continue
             if prev is not None:  # where the previous segment had got to when this one began
                 u_prev = _along(u_prev, prev, r.step, self.nominal)
             prev = r
@@ -137,6 +148,7 @@ class TimedHorizon(Horizon):
         self.measuring = False  # from begin() on
         self._checked = 0.0  # seconds of a check timed since the last step (not the next step's)
         self.best = math.inf  # the fastest recent step time seen at a re-plan
+        self.trusted = False  # whether a re-plan has been made at speed (before that, re-plans are held)
         self.check_guess = 0.0
         self.recent: collections.deque[float] = collections.deque(maxlen=4096)  # the latest steps' seconds
         self.last_now: float | None = None  # the clock at the last step's end
@@ -186,11 +198,22 @@ class TimedHorizon(Horizon):
         total = self.plan(step, left, tau)
         # the next re-plan about REPLAN_SHARE of the minutes from now, in steps (every rank computes the same)
         self.next_replan = step + max(MIN_WINDOW, int(REPLAN_SHARE * self.minutes * 60.0 / tau))
-        if total == self.total:
-            return None
-        r = Replan(step, total, round(tau, 6), round(left, 3))
+        was_trusted = self.trusted
+        # trusted from the first plan at speed on, or the last plan before the end, which anneals the run
+        self.trusted = self.trusted or self._trusts(tau, left) or total <= self.next_replan
+        if total == self.total and (self.trusted == was_trusted or not self.record[-1].held):
+            return None  # nothing moves: the same last step, and the same pace
+        r = Replan(step, total, round(tau, 6), round(left, 3), held=not self.trusted)
         self.record.append(r)
         return r
+
+    def _trusts(self, tau: float, left: float) -> bool:
+        """Whether a plan made now may set the schedules' pace: steps run within 15% of the fastest seen, 15% of the
+        minutes in (a busy first minute has left the recent steps by then); or 60% of them have gone. Until then
+        the pace is the configured length's: a start-up slowed by another program would otherwise plan a short run
+        and race the warm-up through it."""
+        gone = 1.0 - left / (self.minutes * 60.0 * (1 - MARGIN))
+        return (gone >= 0.15 and tau <= 1.15 * self.best) or gone >= 0.6
 
     def _at_speed(self, tau: float, left: float) -> bool:
         """Whether to time the check now: steps run within 15% of the fastest seen, 30% of the minutes in (past a
@@ -229,12 +252,14 @@ class TimedHorizon(Horizon):
         """The plan so far and the time it has used, as of ``now`` (default: the last step's end)."""
         now = now if now is not None else self.last_now
         return {**super().state_dict(), "minutes": self.minutes, "spent": self.elapsed(now),
-                "check_steps": self.check_steps, "next_replan": self.next_replan}
+                "check_steps": self.check_steps, "next_replan": self.next_replan, "trusted": self.trusted}
 
     def load_state_dict(self, state: dict) -> None:
         self.nominal = int(state["nominal"])
         self.record = [Replan(**r) for r in state["record"]]
         self.spent, self.check_steps = float(state["spent"]), state["check_steps"]
+        # a record without a held plan was trusted from its first re-plan (or has not re-planned)
+        self.trusted = state.get("trusted", len(self.record) > 1 and not any(r.held for r in self.record))
 
 
 def process_started(clock: Callable[[], float] = time.perf_counter) -> float:

@@ -66,5 +66,5 @@ class Schedules:
     def momentum_at(self, step: int) -> float:
         """EMA momentum, linear from the first to the second value of ``ema`` over the run (each end moved for
         the planned length when ``ema_steps`` is set)."""
-        start, end = (ema_for_length(m, self.ema_steps, self.horizon.total) for m in self.ema)
+        start, end = (ema_for_length(m, self.ema_steps, self.horizon.schedule_total) for m in self.ema)
         return start + (end - start) * self.progress(step)
