@@ -26,7 +26,8 @@ FAILING_BATCHES = 1e-3
 
 
 class MaskGeometry(Protocol):
-    """The fields the check reads (those of ``ijepa.config_sections.MaskConfig``, the mask section and the sampler's config)."""
+    """The fields the check reads (those of ``ijepa.config_sections.MaskConfig``, the mask section and the
+    sampler's config)."""
 
     mode: str
     num_enc_masks: int

@@ -230,7 +230,8 @@ class BatchAugment:
 
     @classmethod
     def from_config(cls, cfg, mean: Sequence[float], std: Sequence[float]) -> BatchAugment:
-        """The augmentation a data config (:class:`ijepa.config_sections.DataConfig`) describes, as the worker path's."""
+        """The augmentation a data config (:class:`ijepa.config_sections.DataConfig`) describes, as the worker
+        path's."""
         return cls(cfg.crop_size, cfg.crop_scale, horizontal_flip=cfg.use_horizontal_flip,
                    color_distortion=cfg.use_color_distortion, color_jitter_strength=cfg.color_jitter_strength,
                    gaussian_blur=cfg.use_gaussian_blur, mean=mean, std=std)

@@ -1,4 +1,5 @@
-"""The pretraining loss: the paper's prediction loss, and the extra terms :class:`~ijepa.config_sections.LossConfig` can add.
+"""The pretraining loss: the paper's prediction loss, and the extra terms
+:class:`~ijepa.config_sections.LossConfig` can add.
 
 The paper's loss is :func:`prediction_loss` alone. Each extra term is ours, not the paper's: a small module with a
 ``name``, a ``weight`` and the ``config_key`` that sets it, applied to the batch's mean-pooled context features
