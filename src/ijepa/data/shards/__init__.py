@@ -19,10 +19,11 @@ and each DataLoader worker a contiguous part of its rank's range. Every rank the
 number of samples (DDP needs equal step counts), no sample is read twice in an epoch, and the
 ``total % world_size`` left over are different samples each epoch.
 
-From the command line: ``ijepa shards SRC DST`` or ``python -m ijepa.data.shards SRC DST``.
+From the command line: ``ijepa shards SRC DST`` or ``python -m ijepa.data.shards SRC DST``. The folder may be a
+URL, read and written through fsspec (``s3://``, ``gs://``, ``http(s)://``: :mod:`.remote`).
 
 One concern a module, each name imported from its module: :mod:`.format` (file names, errors, ``index.json``, tar
-members <-> samples), :mod:`.writer`, :mod:`.reader` (with ``build_shard_loader``) and :mod:`.cli` (``ijepa
-shards``). This package imports none of them: the reader and writer import torch, and ``ijepa --help`` reads the
-parser in :mod:`.cli` without it.
+members <-> samples), :mod:`.writer`, :mod:`.reader` (with ``build_shard_loader``), :mod:`.remote` (URLs) and
+:mod:`.cli` (``ijepa shards``). This package imports none of them: the reader and writer import torch, and
+``ijepa --help`` reads the parser in :mod:`.cli` without it.
 """

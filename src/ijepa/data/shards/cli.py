@@ -25,7 +25,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p = parser or argparse.ArgumentParser(prog="python -m ijepa.data.shards",
                                           description="Pack an image folder into WebDataset-style tar shards.")
     p.add_argument("src", help=f"the images, ROOT below: {FOLDER_KINDS} (--unlabelled). {SPLIT_FOLDERS}")
-    p.add_argument("dst", help="output folder for <prefix>-NNNNNN.tar, index.json and classes.json")
+    p.add_argument("dst", help="output folder for <prefix>-NNNNNN.tar, index.json and classes.json, or a URL "
+                               "(s3://bucket/set, gs://...: each shard is uploaded when complete, index.json last)")
     p.add_argument("--unlabelled", action="store_true",
                    help="read SRC as the kind 'folder' (every image, no labels written) instead of 'imagefolder'")
     p.add_argument("--split", choices=SPLITS, help=split_help("SRC is packed whole when it has no split folders; "

@@ -1,7 +1,7 @@
 """The on-disk format of tar shards (described in :mod:`ijepa.data.shards`): file names, the errors and warnings
 of a missing or damaged set, how tar members group into samples, and reading ``index.json`` back.
 
-Shared by the writer (:mod:`.writer`) and the reader (:mod:`.reader`).
+Shared by the writer (:mod:`.writer`), the reader (:mod:`.reader`) and the object-store side (:mod:`.remote`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 from ...errors import DatasetNotFoundError
 from ..datasets import IMG_EXTENSIONS
 
-__all__ = ["CLASSES_NAME", "INDEX_NAME", "ShardInfo", "ShardReadWarning", "ShardsNotFoundError", "read_index"]
+__all__ = ["CLASSES_NAME", "INDEX_NAME", "ShardInfo", "ShardReadWarning", "ShardsNotFoundError", "check_present",
+           "parse_index", "read_index"]
 
 INDEX_NAME = "index.json"
 CLASSES_NAME = "classes.json"
@@ -42,7 +43,8 @@ class ShardReadWarning(RuntimeWarning):
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard: its file, its name in index.json, and how many samples index.json says it holds."""
+    """One shard: its file (a :class:`~.remote.URL` for a shard in an object store), its name in index.json, and how
+    many samples index.json says it holds."""
 
     path: Path
     name: str
@@ -66,8 +68,9 @@ def _iter_samples(tar: tarfile.TarFile, wanted: Callable[[int], bool], stop: int
                   ) -> Iterator[tuple[int, str, dict[str, bytes]]]:
     """``(sample index in the shard, key, {ext: bytes})`` for each wanted sample, in tar order.
 
-    Only the image and ``cls`` members of wanted samples are read; the tar is opened seekable, so every other
-    member costs one header read. Stops at sample ``stop`` without reading further."""
+    Only the image and ``cls`` members of wanted samples are read; on a seekable file (local, or an object store
+    read by ranges) every other member costs one header read, on a stream (``http(s)://``) its bytes are read past.
+    Stops at sample ``stop`` without reading further."""
     j, key, files, take = -1, None, {}, False
     while True:
         m = tar.next()
@@ -167,13 +170,27 @@ def read_index(shards_dir_or_glob: str | os.PathLike) -> tuple[dict[str, Any], l
         raise ShardsNotFoundError(f"shard folder {spec!r} does not exist; {_HOW_TO_CREATE}.")
 
     index_path = folder / INDEX_NAME
+    index, entries = parse_index(index_path.read_text(), index_path, spec, selected)
+    shards = [ShardInfo(folder / e["name"], e["name"], int(e["count"]), e.get("bytes")) for e in entries]
+    check_present(shards, {s.name: s.path.stat().st_size for s in shards if s.path.is_file()}, index_path)
+    classes = None
+    if (folder / CLASSES_NAME).is_file():
+        classes = json.loads((folder / CLASSES_NAME).read_text())
+    return index, shards, classes
+
+
+def parse_index(text: str, index_path: object, spec: str, selected: list[str] | None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``index.json``'s ``text`` (read from ``index_path``, a path or a URL) -> ``(index, entries)``: the entries of
+    the ``selected`` shard names (all of them for ``None``), checked to be a shard index naming plain files."""
+    folder = str(index_path).rpartition("/")[0] or "."
     try:
-        index = json.loads(index_path.read_text())
+        index = json.loads(text)
         entries = index["shards"]
         by_name = {e["name"]: e for e in entries}
     except (ValueError, KeyError, TypeError) as e:
         raise ShardsNotFoundError(f"{index_path} is not a shard index ({type(e).__name__}: {e}); re-create it "
-                                  f"with ijepa.data.shards.writer.write_index({str(folder)!r})") from None
+                                  f"with ijepa.data.shards.writer.write_index({folder!r})") from None
     if index.get("format") != INDEX_FORMAT:
         raise ShardsNotFoundError(f"{index_path} is not an {INDEX_FORMAT} index")
     if selected is not None:
@@ -181,7 +198,7 @@ def read_index(shards_dir_or_glob: str | os.PathLike) -> tuple[dict[str, Any], l
         if unknown:
             raise ShardsNotFoundError(f"{len(unknown)} shard(s) matching {spec!r} are not in {index_path} (e.g. "
                                       f"{unknown[0]}); re-index with ijepa.data.shards.writer.write_index("
-                                      f"{str(folder)!r})")
+                                      f"{folder!r})")
         entries = [by_name[n] for n in selected]
     if not entries:
         raise ShardsNotFoundError(f"{index_path} lists no shards; {_HOW_TO_CREATE}.")
@@ -189,18 +206,18 @@ def read_index(shards_dir_or_glob: str | os.PathLike) -> tuple[dict[str, Any], l
     if outside is not None:
         raise ShardsNotFoundError(f"{index_path} names {outside!r}, which is not a file in its own folder: an index "
                                   f"lists the shards beside it by file name only")
-    shards = [ShardInfo(folder / e["name"], e["name"], int(e["count"]), e.get("bytes")) for e in entries]
-    missing = [s.name for s in shards if not s.path.is_file()]
+    return index, entries
+
+
+def check_present(shards: list[ShardInfo], sizes: dict[str, int], index_path: object) -> None:
+    """Raise :class:`ShardsNotFoundError` when a shard has no entry in ``sizes`` (name -> bytes found), warn
+    (:class:`ShardReadWarning`) when its size differs from the index's."""
+    missing = [s.name for s in shards if s.name not in sizes]
     if missing:
         raise ShardsNotFoundError(f"{len(missing)} shard(s) listed in {index_path} are missing (e.g. "
                                   f"{missing[0]}); copy them back or re-create the shards")
     for s in shards:
-        size = s.path.stat().st_size
-        if s.nbytes is not None and size != s.nbytes:
-            warnings.warn(f"{s.path} is {size} bytes but {INDEX_NAME} says {s.nbytes}: truncated or replaced. "
-                          "Samples that cannot be read from it are yielded as None (counted as corrupt).",
-                          ShardReadWarning, stacklevel=3)
-    classes = None
-    if (folder / CLASSES_NAME).is_file():
-        classes = json.loads((folder / CLASSES_NAME).read_text())
-    return index, shards, classes
+        if s.nbytes is not None and sizes[s.name] != s.nbytes:
+            warnings.warn(f"{s.path} is {sizes[s.name]} bytes but {INDEX_NAME} says {s.nbytes}: truncated or "
+                          "replaced. Samples that cannot be read from it are yielded as None (counted as corrupt).",
+                          ShardReadWarning, stacklevel=4)

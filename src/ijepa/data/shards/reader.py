@@ -24,6 +24,7 @@ from ...seeding import stream_seed
 from ..datasets import CorruptImageWarning, collate_skip_corrupt
 from ..decode import DEFAULT_MAX_PIXELS, Unreadable, decode_image
 from .format import INDEX_NAME, ShardInfo, ShardReadWarning, _image_ext, _iter_samples, read_index
+from .remote import URL, location, open_shard, read_remote_index
 
 __all__ = ["ShardDataset", "build_shard_loader"]
 
@@ -91,7 +92,8 @@ class ShardDataset(IterableDataset):
     """``(image, label)`` samples streamed from tar shards (see :mod:`ijepa.data.shards` for the layout).
 
     ``shards_dir_or_glob``: a folder written by :func:`write_shards` (or indexed by :func:`write_index`), its
-    ``index.json``, or a glob selecting some of its shards. Images are decoded into PIL mode ``mode`` and passed
+    ``index.json``, or a glob selecting some of its shards; any of them may be a URL (``s3://``, ``gs://``,
+    ``http(s)://``: :mod:`.remote`). Images are decoded into PIL mode ``mode`` and passed
     through ``transform``; the label is the ``.cls`` value, or -1 when a sample has none. ``limit`` keeps only
     the first ``limit`` samples in index order (shards in index order, samples in tar order; ``data.limit``).
     ``max_pixels``: an image with more pixels (``data.max_image_pixels``) is skipped from its header, as the folder
@@ -99,7 +101,8 @@ class ShardDataset(IterableDataset):
     process, naming ``shard:KEY``) so
     :func:`~ijepa.data.datasets.collate_skip_corrupt` counts it. A truncated or unreadable shard is not fatal:
     its samples that cannot be read are yielded as ``None`` too, with one :class:`ShardReadWarning` — so the
-    number of items per epoch never changes, which keeps DDP ranks in step.
+    number of items per epoch never changes, which keeps DDP ranks in step. A store that stays unreachable through
+    its retries stops the epoch instead (:class:`~.remote.RemoteStoreError`, naming the shard).
 
     How an epoch is split: the shards are put in an order seeded by ``seed + epoch`` (index order with
     ``shuffle=False``) and their samples concatenated; rank ``rank`` takes the contiguous range
@@ -137,7 +140,8 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {limit}")
-        self.index, self.shards, self.classes = read_index(shards_dir_or_glob)
+        spec = location(shards_dir_or_glob)
+        self.index, self.shards, self.classes = (read_remote_index if isinstance(spec, URL) else read_index)(spec)
         if limit is not None:
             self.shards = _first_samples(self.shards, limit)
         self.root = self.shards[0].path.parent
@@ -247,7 +251,8 @@ class ShardDataset(IterableDataset):
         last = s0 - 1
         problem = None
         try:
-            with open(shard.path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            # a stream (http) is read front to back; a file or an object store skips unwanted members' bytes
+            with open_shard(shard) as f, tarfile.open(fileobj=f, mode="r:" if f.seekable() else "r|") as tar:
                 wanted = lambda j: s0 <= j < s1 and need(base + j - s0)
                 for j, key, files in _iter_samples(tar, wanted, stop=s1):
                     last = j

@@ -32,6 +32,7 @@ from .format import (
     _count_samples,
     _iter_samples,
 )
+from .remote import URL, RemoteFolder, location
 
 __all__ = ["shards_command", "write_index", "write_shards"]
 
@@ -88,6 +89,45 @@ class _ShardWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class _LocalFolder:
+    """The output folder on this machine: shards are written in place (:class:`~.remote.RemoteFolder` is the
+    same for a URL, uploading each shard when complete)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = self.staging = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __enter__(self) -> _LocalFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return [p.name for p in self.path.iterdir()]
+
+    def read_text(self, name: str) -> str | None:
+        return (self.path / name).read_text() if (self.path / name).is_file() else None
+
+    def write_json(self, name: str, obj: Any) -> None:
+        _write_json(self.path / name, obj)
+
+    def publish(self, path: Path) -> Path:
+        return path
+
+    def remove(self, name: str) -> None:
+        (self.path / name).unlink(missing_ok=True)
+
+
+def _output(out_dir: str | os.PathLike) -> _LocalFolder | RemoteFolder:
+    """Where shards go: a folder here, or a URL (``s3://``, ``gs://``…; ``file://`` is a folder here)."""
+    where = location(out_dir)
+    return RemoteFolder(where) if isinstance(where, URL) else _LocalFolder(Path(where))
+
+
 def _shard_name(prefix: str, i: int) -> str:
     return f"{prefix}-{i:06d}.tar"
 
@@ -96,7 +136,7 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
                  max_count: int = 10_000, max_bytes: int = 1 << 30, prefix: str = "shard",
                  shuffle_seed: int | None = 0, overwrite: bool = False, progress: bool = False,
                  check_images: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 follow_symlinks: bool = False) -> list[Path]:
+                 follow_symlinks: bool = False) -> list[Path] | list[URL]:
     """Pack the images under ``src_root`` into tar shards in ``out_dir``; returns the shard paths in order.
 
     ``labelled=True`` reads ``src_root/<class>/**/<image>`` exactly as
@@ -121,10 +161,12 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
     names the source file of any key a warning reports. The output depends only on the folder's contents and
     the arguments: the same input gives byte-identical shards.
 
-    Each shard is written to a temporary file and renamed when complete; ``index.json`` is written last. An
-    ``out_dir`` that already holds an index or shards of this prefix is refused unless ``overwrite=True``,
-    which removes the old index first (so nothing reads a half-replaced set) and, last, the old
-    ``<prefix>-NNNNNN.tar`` files the new set does not reuse.
+    Each shard is written to a temporary file and renamed when complete; ``index.json`` is written last.
+    ``out_dir`` may be a URL (``s3://bucket/set``, ``gs://``…; :mod:`.remote`): each shard is then written to a
+    local temporary folder and uploaded when complete (the paths returned are URLs). An ``out_dir`` that already
+    holds an index or shards of this prefix is refused unless ``overwrite=True``, which removes the old index first
+    (so nothing reads a half-replaced set) and, last, the old ``<prefix>-NNNNNN.tar`` files the new set does not
+    reuse.
     """
     if max_count < 1 or max_bytes < 1:
         raise ValueError(f"max_count and max_bytes must be >= 1, got {max_count} and {max_bytes}")
@@ -136,51 +178,51 @@ def write_shards(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, lab
     order = list(range(len(ds.samples)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
-    out = Path(out_dir)
     pattern = re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar$")
-    old = _claim(out, pattern, prefix, overwrite)
     check = _Check(max_pixels) if check_images else None
-    paths, entries, skipped = _pack(ds.samples, order, out, prefix, labelled=labelled, max_count=max_count,
-                                    max_bytes=max_bytes, progress=progress, check=check)
-    if labelled:
-        loose = _loose_images(ds.root)
-        for path, reason in loose:
-            warnings.warn(f"Skipping {path}: {reason}", CorruptImageWarning, stacklevel=2)
-        skipped = loose + skipped
-    if classes is not None:
-        _write_json(out / CLASSES_NAME, classes)
-    _write_json(out / INDEX_NAME, {
-        "format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
-        "num_samples": sum(e["count"] for e in entries), "num_classes": len(classes) if classes else None,
-        "shuffle_seed": shuffle_seed, "key": "index into the source folder's sorted sample list",
-        "checked": {"images": True, "max_pixels": max_pixels} if check_images else None,
-        "skipped_files": len(skipped),
-        "skipped": [{"file": os.path.relpath(f, ds.root), "reason": r} for f, r in skipped[:LISTED]],
-        "shards": entries,
-    })
-    for name in sorted(old - {p.name for p in paths}):
-        (out / name).unlink(missing_ok=True)
+    with _output(out_dir) as out:
+        old = _claim(out, pattern, prefix, overwrite)
+        paths, entries, skipped = _pack(ds.samples, order, out, prefix, labelled=labelled, max_count=max_count,
+                                        max_bytes=max_bytes, progress=progress, check=check)
+        if labelled:
+            loose = _loose_images(ds.root)
+            for path, reason in loose:
+                warnings.warn(f"Skipping {path}: {reason}", CorruptImageWarning, stacklevel=2)
+            skipped = loose + skipped
+        if classes is not None:
+            out.write_json(CLASSES_NAME, classes)
+        out.write_json(INDEX_NAME, {
+            "format": INDEX_FORMAT, "version": INDEX_VERSION, "labelled": labelled,
+            "num_samples": sum(e["count"] for e in entries), "num_classes": len(classes) if classes else None,
+            "shuffle_seed": shuffle_seed, "key": "index into the source folder's sorted sample list",
+            "checked": {"images": True, "max_pixels": max_pixels} if check_images else None,
+            "skipped_files": len(skipped),
+            "skipped": [{"file": os.path.relpath(f, ds.root), "reason": r} for f, r in skipped[:LISTED]],
+            "shards": entries,
+        })
+        for name in sorted(old - {p.name for p in paths}):
+            out.remove(name)
     return paths
 
 
-def _claim(out: Path, pattern: re.Pattern, prefix: str, overwrite: bool) -> set[str]:
+def _claim(out: _LocalFolder | RemoteFolder, pattern: re.Pattern, prefix: str, overwrite: bool) -> set[str]:
     """Make ``out`` ready for a new set of shards: refuse one that holds an index or shards of this prefix unless
     ``overwrite``, then remove the old index (so nothing reads a half-replaced set). Returns the names of the old
     shards, which the caller removes last, once the new set is complete."""
-    out.mkdir(parents=True, exist_ok=True)
-    index_path = out / INDEX_NAME
-    existing = sorted(p.name for p in out.iterdir() if pattern.match(p.name))
-    if (index_path.exists() or existing) and not overwrite:
-        raise OutputExistsError(f"{out} already holds {INDEX_NAME if index_path.exists() else 'shards'}"
+    names = out.names()
+    has_index = INDEX_NAME in names
+    existing = sorted(n for n in names if pattern.match(n))
+    if (has_index or existing) and not overwrite:
+        raise OutputExistsError(f"{out} already holds {INDEX_NAME if has_index else 'shards'}"
                                 f"{f' and {len(existing)} {prefix}-*.tar files' if existing else ''}; "
                                 "pass overwrite=True (CLI: --overwrite) or choose another folder")
     old_names: set[str] = set()
-    if index_path.exists():
+    if has_index:
         try:
-            old_names = {s["name"] for s in json.loads(index_path.read_text())["shards"]}
+            old_names = {s["name"] for s in json.loads(out.read_text(INDEX_NAME) or "")["shards"]}
         except (ValueError, KeyError, TypeError):
             old_names = set()
-        index_path.unlink()
+        out.remove(INDEX_NAME)
     return {name for name in old_names | set(existing) if pattern.match(name)}
 
 
@@ -206,12 +248,13 @@ def _skip(skipped: list[tuple[str, str]], path: str, reason: str) -> None:
     skipped.append((path, reason))
 
 
-def _pack(samples: list[tuple[str, int]], order: list[int], out: Path, prefix: str, *, labelled: bool,
-          max_count: int, max_bytes: int, progress: bool, check: _Check | None = None
+def _pack(samples: list[tuple[str, int]], order: list[int], out: _LocalFolder | RemoteFolder, prefix: str, *,
+          labelled: bool, max_count: int, max_bytes: int, progress: bool, check: _Check | None = None
           ) -> tuple[list[Path], list[dict[str, Any]], list[tuple[str, str]]]:
     """Copy the files ``samples[i]`` for ``i`` in ``order`` into shards of at most ``max_count`` samples and
-    ``max_bytes`` bytes; returns the shards' paths, their index entries and the files left out, with why (in
-    the folder's sorted order, whatever the shuffle)."""
+    ``max_bytes`` bytes, each published to ``out`` when complete; returns the shards' paths (URLs for a remote
+    ``out``), their index entries and the files left out, with why (in the folder's sorted order, whatever the
+    shuffle)."""
     from tqdm.auto import tqdm  # here, so that importing ijepa.data stays light
 
     width = max(9, len(str(len(samples))))
@@ -224,7 +267,7 @@ def _pack(samples: list[tuple[str, int]], order: list[int], out: Path, prefix: s
         nonlocal writer
         if writer is not None and writer.count:
             size = writer.close()
-            paths.append(writer.path)
+            paths.append(out.publish(writer.path))
             entries.append({"name": writer.path.name, "count": writer.count, "bytes": size})
         elif writer is not None:
             writer.abort()
@@ -249,7 +292,7 @@ def _pack(samples: list[tuple[str, int]], order: list[int], out: Path, prefix: s
             if writer is not None and (writer.count >= max_count or writer.est_bytes + nbytes > max_bytes):
                 finish()
             if writer is None:
-                writer = _ShardWriter(out / _shard_name(prefix, len(paths)))
+                writer = _ShardWriter(out.staging / _shard_name(prefix, len(paths)))
             writer.add(f"{i:0{width}d}", members)
         finish()
     except BaseException:
@@ -271,8 +314,9 @@ def shards_command(args: argparse.Namespace) -> int:
                          max_bytes=args.max_bytes, prefix=args.prefix, shuffle_seed=args.shuffle_seed,
                          overwrite=args.overwrite, progress=sys.stderr.isatty(), check_images=not args.no_check,
                          max_pixels=args.max_image_pixels, follow_symlinks=args.follow_symlinks)
-    index = json.loads((Path(dst) / INDEX_NAME).read_text())
-    total = sum(p.stat().st_size for p in paths)
+    with _output(dst) as out:
+        index = json.loads(out.read_text(INDEX_NAME) or "{}")
+    total = sum(e["bytes"] for e in index["shards"])
     extra = f", {index['num_classes']} classes in {CLASSES_NAME}" if index.get("num_classes") else ""
     left_out = f"; {index['skipped_files']} file(s) left out, listed below" if index["skipped_files"] else ""
     print(f"{index['num_samples']} images in {len(paths)} shards ({total / 2**30:.2f} GiB) from {src} -> {dst} "
