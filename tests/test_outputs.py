@@ -184,7 +184,8 @@ def test_stale_temporary_files_are_those_of_dead_writers(tmp_path):
 # ---------------------------------------------------------------------------------------- export folders
 
 def _complete_hf(d: Path) -> bool:
-    return {p.name for p in d.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    return {p.name for p in d.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json",
+                                             "README.md"}  # the model card
 
 
 @pytest.mark.slow
