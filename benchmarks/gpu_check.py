@@ -1,5 +1,6 @@
 """One prepared check for a lent GPU: at most 8 minutes on one H100/H200, no downloads, one JSON summary and a table.
 
+    python benchmarks/prepare_fmnist.py                    # once, where the dataset is: shared/fmnist/ (learn)
     bash benchmarks/gpu_check.sh --out /tmp/gpu_check      # the full check (CUDA)
     python benchmarks/gpu_check.py --smoke --out /tmp/gc    # the same code on the CPU at tiny shapes (CI runs it)
 
@@ -17,8 +18,15 @@ has measured so far to ``OUT/sections/NAME.json`` as it goes, so a time-out keep
              and masks
   ddp        ``torchrun --standalone --nproc_per_node 1`` running ``ijepa train`` for a few steps (nccl; gloo on
              the CPU) on a synthetic image folder
+  fsdp       the training step under FSDP2 (meta.parallel: fsdp) against DDP on one device: fp32 loss agreement
+             over a few steps, bf16 images/s of each (gpu_check_fsdp.py)
   loader     the folder and shard loaders' images/s on synthetic ImageNet-size JPEGs with the machine's cores as
              workers, the worker path and ``data.gpu_augment``; nvjpeg batch decoding on the device
+  learn      ``ijepa train --config fmnist_cpu`` on the device for 1 minute (a time limit; less when the section
+             starts with less than its time box left), then the fmnist-probe accuracy of its encoder beside a
+             random-init encoder's (gpu_check_learn.py). The images come from shared/fmnist/, which ``python
+             benchmarks/prepare_fmnist.py`` fills and which travels with the working tree, else from
+             /usr/share/datasets/fashion-mnist
 
 The time boxes share the budget (--budget, default 450 s); a section that would start with less than its
 minimum left is recorded as skipped. Sections run in the order above except that the two compiled ``train`` rows
@@ -40,11 +48,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 # benchmarks/ is not a package: the sections' module, and the modules it imports, are found through this folder
+from gpu_check_fsdp import sec_fsdp  # noqa: E402
+from gpu_check_learn import sec_learn  # noqa: E402
 from gpu_check_sections import SECTION_FNS, Recorder, Shapes, ddp_worker, smoke_shapes  # noqa: E402
 
 # (name, time box s, minimum s to start it)
 SECTIONS = [("env", 50, 10), ("train:0:eager", 60, 20), ("train:1:eager", 70, 20),
-            ("maxbatch", 75, 20), ("precision", 50, 15), ("ddp", 60, 25), ("loader", 80, 25),
+            ("maxbatch", 75, 20), ("precision", 50, 15), ("ddp", 60, 25), ("fsdp", 45, 20), ("loader", 80, 25),
+            ("learn", 120, 60),
             ("train:0:compile", 110, 45), ("train:1:compile", 140, 60)]
 
 
@@ -100,9 +111,15 @@ def table(res: dict) -> str:
                     f"{100 * r['max_rel_diff']:.2f}%, agree={r['agree']}")
         elif key == "ddp" and "steps" in r:
             figs = f"backend {r.get('backend')}, {r['steps']} steps, loss {r['final_loss']:.4f}"
+        elif key == "fsdp" and "fsdp_images_per_s" in r:
+            figs = (f"fp32 loss rel. diff vs DDP {r['max_rel_diff']:.1e}, bf16 {r['fsdp_images_per_s']:.0f} img/s "
+                    f"(DDP {r['ddp_images_per_s']:.0f})")
         elif key == "loader":
             figs = ", ".join(f"{k.removesuffix('_images_per_s')} {v:.0f}" for k, v in r.items()
                              if k.endswith("_images_per_s")) + " img/s"
+        elif key == "learn" and "probe_accuracy" in r:
+            figs = (f"{r['steps']} steps in {r['minutes']:g} min: fmnist-probe {100 * r['probe_accuracy']:.2f}%, "
+                    f"random-init {100 * r['random_accuracy']:.2f}%")
         if r.get("error"):
             figs = (figs + "; " if figs else "") + f"error: {r['error'][:120]}"
         lines.append(f"{key:<18}{r['status']:<9}{r['seconds']:>6.0f}  {figs}")
@@ -129,7 +146,7 @@ def main() -> None:
         extra = {"timeout": args.timeout}
         if kind == "train":
             extra.update(index=int(rest[0]), mode=rest[1])
-        return SECTION_FNS[kind](sh, Recorder(Path(args.section_out)), extra)
+        return {**SECTION_FNS, "learn": sec_learn, "fsdp": sec_fsdp}[kind](sh, Recorder(Path(args.section_out)), extra)
 
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here; run with --smoke for the CPU version of the same code")

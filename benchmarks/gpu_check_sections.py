@@ -47,6 +47,9 @@ class Shapes:
     ddp_images: int = 256
     loader_images: int = 4096
     loader_batch: int = 128
+    learn_minutes: float = 1.0  # the learn section's training time (gpu_check_learn.py), then its probes
+    learn_overrides: list = field(default_factory=lambda: ["optimization.epochs=50"])  # the time limit ends it
+    learn_probe_limit: int | None = None  # None: the fmnist-probe's own 10,000 + 10,000 images
     workers: int = max(1, len(os.sched_getaffinity(0)) - 1)
     budget_s: float = 450.0
     overrides: list = field(default_factory=list)  # config overrides every model here takes
@@ -58,7 +61,10 @@ def smoke_shapes() -> Shapes:
                   warmup_steps=1, timed_steps=2, maxbatch=("vit_tiny", 8, 64), maxbatch_start=2, maxbatch_limit=8,
                   maxbatch_granularity=1, precision=("vit_tiny", 8, 64, 4), precision_steps=5,
                   ddp=("vit_tiny", 8, 64, 4), ddp_steps=2, ddp_images=16, loader_images=16, loader_batch=4,
-                  workers=1, budget_s=1500.0, box_scale=4.0,
+                  workers=1, budget_s=1500.0, box_scale=4.0, learn_minutes=0.5, learn_probe_limit=500,
+                  learn_overrides=["optimization.epochs=1", "data.limit=256", "data.batch_size=32",
+                                   "meta.model_name=vit_tiny", "meta.enc_depth=1", "meta.pred_depth=1",
+                                   "logging.online_knn=false"],
                   overrides=["mask.min_keep=4", "meta.enc_depth=2", "meta.pred_depth=2", "meta.pred_emb_dim=96"])
 
 

@@ -36,6 +36,8 @@ def test_gpu_check_smoke_passes_every_section(tmp_path):
     assert ddp["process_group"] and ddp["backend"] == "gloo" and ddp["steps"] == 2 and ddp["world_size"] == 1
     for key in ("folder_worker_path", "folder_gpu_augment", "shards_worker_path", "shards_gpu_augment"):
         assert res["loader"][f"{key}_images_per_s"] > 0
+    learn = res["learn"]  # a few steps, then both probes (their accuracies are the GPU run's to judge)
+    assert learn["steps"] > 0 and 0 < learn["probe_accuracy"] <= 1 and 0 < learn["random_accuracy"] <= 1
     assert "train:0:eager" in r.stdout and "MFU" in r.stdout  # the table
 
 

@@ -47,6 +47,8 @@ exit status:
        and re-running the same command resumes it (a second signal stops at once, also with 128 + its number)
   2    a config error (nothing was started); 1 any other error, printed as one line
 """
+LICENSE_HELP = ("the licence the model card states, a Hub licence id (apache-2.0, mit, cc-by-4.0, ...); default "
+                "unknown. Weights from the reference's published checkpoints always carry theirs, cc-by-nc-4.0")
 DTYPE_HELP = ("the precision policy (meta.precision in training): auto = bf16 where native, fp16 with a gradient "
               "scaler on CUDA GPUs without bf16, fp32 elsewhere; an emulated bf16/fp16 runs as asked, with a warning")
 
@@ -97,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ijepa", description="I-JEPA: pretrain, load published checkpoints, evaluate and visualise.")
     p.set_defaults(run=None, usage=p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_config, _add_eval, _add_finetune, _add_extract, _add_convert, _add_shards,
-                _add_models, register_viz):
+    for add in (_add_train, _add_config, _add_eval, _add_finetune, _add_extract, _add_convert, _add_push,
+                _add_shards, _add_models, register_viz):
         add(sub)
     return p
 
@@ -147,6 +149,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="the checkpoint file, when MODEL is a published model's name")
 
 
+HF_KIND = ("hf: a Hugging Face dataset, --hf-path (a Hub id, or a local save_to_disk folder or folder of parquet or "
+           "arrow files; pip install 'ijepa[hf]')")
+
+
+def _add_hf_args(p: argparse.ArgumentParser) -> None:
+    """--hf-path and the options of --dataset hf (data/hf.py)."""
+    p.add_argument("--hf-path", help="with --dataset hf: a Hub dataset id (e.g. frgfm/imagenette) or a local folder "
+                                     "(save_to_disk, or parquet or arrow files)")
+    p.add_argument("--hf-name", help="with --dataset hf: the Hub configuration name (e.g. 320px)")
+    p.add_argument("--image-column", help="with --dataset hf: the images' column (default: the Image feature's)")
+    p.add_argument("--label-column", help="with --dataset hf: the labels' column (default: the ClassLabel "
+                                          "feature's)")
+
+
 def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate an encoder: fmnist-probe, linear, k-NN, low-shot, attentive",
                        description="Evaluate frozen features. Features are extracted once per model and reused "
@@ -160,15 +176,16 @@ def _add_eval(sub) -> None:
     e.add_argument("--baselines", default="random,pixels",
                    help="comma-separated baselines run through the same code: random (same architecture, "
                         "fresh weights), pixels (raw pixels); '' for none")
-    e.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"],
+    e.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder", "hf"],
                    help=f"fashion_mnist: fit on its training set, test on its test set; or a folder: {FOLDER_KINDS}. "
                         "The protocols need labels: imagefolder, fitted on ROOT/train and tested on ROOT/val (or "
-                        "ROOT/test); folder is refused")
+                        f"ROOT/test); folder is refused; {HF_KIND}, fitted on its train split, tested on --split")
     e.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist), or the "
                                   "imagefolder ROOT with its train/ and val/ (or test/) split folders")
-    e.add_argument("--split", choices=["val", "test"],
-                   help=f"the split tested on, ROOT/<split>. {SPLIT_FOLDERS}. Without --split: val/, else test/; "
-                        "Fashion-MNIST: its test set")
+    e.add_argument("--split",
+                   help=f"the split tested on, ROOT/<split> (val or test). {SPLIT_FOLDERS}. Without --split: val/, "
+                        "else test/; Fashion-MNIST: its test set; hf: one of its splits (default validation, else "
+                        "val, else test)")
     e.add_argument("--train-dir", help="with --dataset imagefolder, instead of --root: the training images, in class "
                                        "sub-folders")
     e.add_argument("--test-dir", help="with --dataset imagefolder, instead of --root: the test images, in class "
@@ -177,6 +194,7 @@ def _add_eval(sub) -> None:
                    help="only N images of each split: the first N of Fashion-MNIST's, a seeded random N of a "
                         "folder's (its first N would be its first classes only)")
     e.add_argument("--follow-symlinks", action="store_true", help=FOLLOW_HELP)
+    _add_hf_args(e)
     e.add_argument("--pooling", default="mean", choices=["mean", "last4"],
                    help="mean of last-layer patch tokens (paper), or the means of the last 4 layers concatenated")
     e.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
@@ -199,17 +217,21 @@ def _add_finetune(sub) -> None:
                    help="for files holding both: the target (EMA) encoder or the context encoder")
     f.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
     data = f.add_mutually_exclusive_group()
-    data.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"],
+    data.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder", "hf"],
                       help="fashion_mnist: train on the training set, validate on the 10,000 test images; or a "
                            f"folder: {FOLDER_KINDS}. A classifier needs labels: imagefolder, trained on ROOT/train "
                            "and validated on ROOT/val (or ROOT/test), or without split folders on all but "
-                           "--val-fraction of each class; folder is refused")
+                           f"--val-fraction of each class; folder is refused; {HF_KIND}, trained on its train "
+                           "split and validated on --split")
     data.add_argument("--images", metavar="DIR", help="the same as --dataset imagefolder --root DIR")
     f.add_argument("--root", help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist), or the "
                                   f"imagefolder ROOT. {SPLIT_FOLDERS}")
     f.add_argument("--val-fraction", type=float, default=0.1,
-                   help="with an imagefolder ROOT without split folders: the share of each class held out to "
-                        "validate on (default 0.1)")
+                   help="with an imagefolder ROOT without split folders (or an hf dataset with no held-out split): "
+                        "the share of each class held out to validate on (default 0.1)")
+    f.add_argument("--split", help="with --dataset hf: the split validated on (default validation, else val, else "
+                                   "test, else --val-fraction of train)")
+    _add_hf_args(f)
     f.add_argument("--out", "-o", required=True, help="folder for finetune_log.csv, metrics.json and model/")
     f.add_argument("--epochs", type=int, help="default 10")
     f.add_argument("--batch-size", type=int, help="default 128")
@@ -227,7 +249,9 @@ def _add_finetune(sub) -> None:
     f.add_argument("--limit", type=int, metavar="N",
                    help="only N images of each split: the first N of Fashion-MNIST's, a seeded random N of a "
                         "folder's")
-    f.add_argument("--export-hf", metavar="DIR", help="also write a transformers IJepaForImageClassification folder")
+    f.add_argument("--export-hf", metavar="DIR", help="also write a transformers IJepaForImageClassification folder, "
+                                                      "with its model card (README.md)")
+    f.add_argument("--license", metavar="ID", help="with --export-hf: " + LICENSE_HELP)
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(run="ijepa.eval.commands:finetune_command")
@@ -237,16 +261,18 @@ def _add_extract(sub) -> None:
     x = sub.add_parser("extract", help="extract features to .npy or .safetensors",
                        description="Run a frozen encoder over a dataset and save pooled features (and labels).")
     _add_model_args(x)
-    x.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder"],
-                   help=f"fashion_mnist, or a folder under --root: {FOLDER_KINDS}")
+    x.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "imagefolder", "folder", "hf"],
+                   help=f"fashion_mnist, or a folder under --root: {FOLDER_KINDS}; or {HF_KIND}")
     x.add_argument("--root", help="the dataset's folder (Fashion-MNIST default /usr/share/datasets/fashion-mnist)")
-    x.add_argument("--split", choices=SPLITS,
+    x.add_argument("--split",
                    help=split_help("Fashion-MNIST's test set (it has train and test); a ROOT without split folders, "
                                    "whole; a ROOT with them stops and asks for --split: the features are of one "
-                                   "split, and a guess would be silent"))
+                                   "split, and a guess would be silent") + f" ({', '.join(SPLITS)}; hf: one of its "
+                        "splits, and without --split its only one)")
     x.add_argument("--limit", type=int, metavar="N", help="only the first N images (for a folder, in sorted file "
                                                           "order)")
     x.add_argument("--follow-symlinks", action="store_true", help=FOLLOW_HELP)
+    _add_hf_args(x)
     x.add_argument("--pooling", default="mean", choices=["mean", "last4", "tokens"],
                    help="mean: the mean of the last block's patch tokens, (N, D), the paper's linear-probe input "
                         "(default); last4: the means of the last 4 blocks concatenated, (N, 4D), for encoders of 4 "
@@ -268,16 +294,41 @@ def _add_convert(sub) -> None:
     c.add_argument("dst", metavar="DST", help="where to write: a folder for hf (and for timm, unless DST ends in "
                                               ".safetensors), a .safetensors file for ijepa. A folder is written "
                                               "whole and replaces DST, which may hold only an earlier export")
-    c.add_argument("--to", default="ijepa", choices=["hf", "timm", "ijepa"],
+    c.add_argument("--to", default="ijepa", choices=["hf", "timm", "ijepa", "checkpoint"],
                    help="hf: a transformers IJepaModel folder; timm: a timm folder, or for a DST ending in "
                         ".safetensors that file and a .json of its name beside it; ijepa: our .safetensors, "
-                        "architecture and input spec inside (default)")
+                        "architecture and input spec inside (default); checkpoint: a sharded training checkpoint "
+                        "(meta.parallel: fsdp; SRC its .dcp folder or the run folder) as one resumable "
+                        ".pth.tar file, optimizer state included")
     c.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"],
                    help="for files holding both: the target (EMA) encoder, as the paper evaluates, or the context "
                         "encoder (what the published transformers and timm ports carry)")
     c.add_argument("--with-predictor", action="store_true", help="ijepa format only: keep the predictor")
     c.add_argument("--path", help="the checkpoint file, when SRC is a published model's name")
+    c.add_argument("--license", metavar="ID", help="hf only: " + LICENSE_HELP)
     c.set_defaults(run="ijepa.interop.commands:convert_command")
+
+
+def _add_push(sub) -> None:
+    p = sub.add_parser("push", help="upload a run or an export to the Hugging Face Hub",
+                       description="Upload to the Hugging Face Hub as a model repo (created if absent, else a new "
+                                   "commit): a transformers folder as it is; a run folder, checkpoint or anything "
+                                   "`ijepa convert` reads is exported to one first, with its model card (README.md). "
+                                   "Needs a network and a token with write access (--token, HF_TOKEN or `hf auth "
+                                   "login`); HF_ENDPOINT names another Hub.")
+    p.add_argument("src", metavar="RUN_OR_EXPORT", help="a transformers folder (`ijepa convert --to hf`, `ijepa "
+                                                        "finetune --export-hf`), or a run folder, checkpoint file or "
+                                                        "anything else `ijepa convert` reads")
+    p.add_argument("repo_id", metavar="REPO_ID", help="owner/name on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                                                          "visibility)")
+    p.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN, else the saved login)")
+    p.add_argument("--which", default="target_encoder", choices=["target_encoder", "encoder"],
+                   help="when exporting a file holding both: the target (EMA) encoder or the context encoder")
+    p.add_argument("--path", help="the checkpoint file, when RUN_OR_EXPORT is a published model's name")
+    p.add_argument("--license", metavar="ID", help="when exporting: " + LICENSE_HELP)
+    p.add_argument("--message", help="the commit message")
+    p.set_defaults(run="ijepa.interop.push:push_command")
 
 
 def _add_shards(sub) -> None:

@@ -45,6 +45,12 @@ REFERENCE_KEYS = {
                               "length)",
 }
 
+# Keys of ours that were replaced, and what each becomes as a file is read (translate_replaced_keys): every
+# config.yaml a run wrote before holds them, so they keep loading.
+REPLACED_KEYS = {
+    "logging.tensorboard": "true: `tensorboard` is added to `logging.tracker`; false: dropped",
+}
+
 # Keys that existed and were taken out: naming one fails at start-up with why (the runs behind each:
 # docs/experiments/2026-11-cpu-recipe-search.md).
 REMOVED_KEYS = {
@@ -137,8 +143,23 @@ def translate_reference_keys(data: dict) -> dict:
     return data
 
 
+def translate_replaced_keys(data: dict) -> dict:
+    """``data`` with the keys of :data:`REPLACED_KEYS` rewritten as it says (``data`` itself is left as it was)."""
+    log = data.get("logging")
+    if not (isinstance(log, dict) and "tensorboard" in log):
+        return data
+    log = dict(log)
+    tensorboard = log.pop("tensorboard")
+    if not isinstance(tensorboard, bool):
+        raise ConfigError(f"logging.tensorboard: expected true or false, got {tensorboard!r}")
+    if tensorboard:
+        given = log.get("tracker") or []
+        log["tracker"] = [*([given] if isinstance(given, str) else given), "tensorboard"]
+    return {**data, "logging": log}
+
+
 def config_from_dict(data: dict) -> Config:
-    cfg = _build(Config, translate_reference_keys(data), "", REMOVED_KEYS)
+    cfg = _build(Config, translate_replaced_keys(translate_reference_keys(data)), "", REMOVED_KEYS)
     cfg.check()
     return cfg
 
@@ -184,6 +205,9 @@ def describe() -> str:
     lines += ["### The reference's keys", "", "The reference's (facebookresearch/ijepa) recipe files load: "
               "these keys of theirs are translated into ours as a file is read.", "", "| key | becomes |", "|---|---|"]
     lines += [f"| `{key}` | {becomes} |" for key, becomes in REFERENCE_KEYS.items()]
+    lines += ["", "### Replaced keys", "", "Earlier keys of ours, still read: each becomes what the table says.", "",
+              "| key | becomes |", "|---|---|"]
+    lines += [f"| `{key}` | {becomes} |" for key, becomes in REPLACED_KEYS.items()]
     lines += ["", "### Removed keys", "", "Naming one stops `ijepa train` with the reason.", "",
               "| key | why |", "|---|---|"]
     lines += [f"| `{key}` | {why} |" for key, why in REMOVED_KEYS.items()]

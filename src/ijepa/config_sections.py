@@ -21,6 +21,24 @@ from .errors import ConfigError
 ENCODER_WIDTH_HEADS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12), "vit_large": (1024, 16),
                        "vit_huge": (1280, 16), "vit_giant": (1408, 16), "vit_gigantic": (1664, 16)}
 ENCODER_NAMES = tuple(ENCODER_WIDTH_HEADS)
+# logging.tracker's choices (train/trackers.py)
+TRACKERS = ("wandb", "mlflow", "tensorboard")
+
+
+def tracker_names(value: str | list | tuple | None) -> tuple[str, ...]:
+    """``logging.tracker`` as given (a name, comma-separated names, a list, or none) -> the trackers, once each."""
+    items = [value] if isinstance(value, str) else list(value or ())
+    names: list[str] = []
+    for item in items:
+        for name in str(item).split(","):
+            name = name.strip().lower()
+            if name in ("", "none"):
+                continue
+            if name not in TRACKERS:
+                raise ConfigError(f"logging.tracker: '{name}' is not one of {', '.join(TRACKERS)} or none")
+            if name not in names:
+                names.append(name)
+    return tuple(names)
 
 
 @dataclass
@@ -56,6 +74,11 @@ class MetaConfig:
     compile: bool = _f(False, "torch.compile the encoders and predictor")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     grad_checkpointing: bool = _f(False, "activation checkpointing in the context encoder (huge/gigantic)")
+    parallel: Literal["ddp", "fsdp"] = _f(
+        "ddp", "how several processes share the work: ddp, a whole copy of the weights, gradients and AdamW state "
+               "per process, single-file checkpoints; fsdp, FSDP2 shards all three (and the target encoder) over "
+               "the processes, each block a unit, sharded checkpoints (<tag>-latest.dcp folders; `ijepa convert "
+               "RUN FILE --to checkpoint` makes the single file). docs/distributed.md")
     threads: int | None = _f(None, "CPU threads for torch (null: torch's default)")
     flush_denormal: bool = _f(True, "CPU: flush denormal floats to zero (FTZ/DAZ); without it fp32 steps slow down "
                                     "as training goes on (docs/performance.md, benchmarks/denormals.py)")
@@ -84,14 +107,30 @@ class MetaConfig:
 class DataConfig:
     """The ``data`` section: the dataset, its loader, crops and augmentation."""
 
-    dataset: Literal["imagefolder", "folder", "shards", "fashion_mnist"] = _f(
+    dataset: Literal["imagefolder", "folder", "shards", "fashion_mnist", "hf"] = _f(
         "imagefolder", "imagefolder: class sub-folders (ImageNet layout, <class>/**/<image>), labelled by class; "
                        "folder: every image, unlabelled; both under root_path/image_folder, and where that has "
                        "split folders (train/, val/ or test/) training reads train/ (data/layout.py). "
                        "shards: WebDataset-style tar shards under root_path/image_folder (`ijepa shards` makes them); "
-                       "fashion_mnist: the IDX files under root_path (default /usr/share/datasets/fashion-mnist)")
-    root_path: str | None = _f(None, "dataset root")
+                       "fashion_mnist: the IDX files under root_path (default /usr/share/datasets/fashion-mnist); "
+                       "hf: a Hugging Face dataset, data.hf_path (data/hf.py; needs pip install 'ijepa[hf]')")
+    root_path: str | None = _f(None, "dataset root; for shards also a URL fsspec reads (s3://, gs://, http(s)://; "
+                                     "docs/data.md)")
     image_folder: str = _f("", "sub-folder of root_path (the reference's key)")
+    hf_path: str | None = _f(None, "hf: a Hub dataset id (e.g. frgfm/imagenette) or a local folder: one written by "
+                                   "save_to_disk, or of parquet or arrow files")
+    hf_name: str | None = _f(None, "hf: the dataset's configuration name on the Hub (e.g. 320px for "
+                                   "frgfm/imagenette)")
+    split: str = _f("train", "hf: the split to train on (one of the dataset's own: train, validation...)")
+    image_column: str | None = _f(None, "hf: the images' column (null: the column with the Image feature)")
+    label_column: str | None = _f(None, "hf: the labels' column (null: the column with the ClassLabel feature, "
+                                        "if any; else the images are unlabelled)")
+    streaming: bool = _f(False, "hf: read the split as a stream instead of map-style: split across processes "
+                                "example by example, decoded by num_workers processes, resumed exactly (how: "
+                                "docs/data.md)")
+    hf_shuffle_buffer: int = _f(1000, "hf with streaming: the examples of the stream's shuffle buffer (0: the "
+                                      "stream's order; a resume then starts from the stream's saved state instead "
+                                      "of reading the epoch again up to the checkpoint)")
     follow_symlinks: bool = _f(False, "folders: also read folders reached through links to directories, each real "
                                       "directory once (never one of the dataset's own again, so a `..` link or two "
                                       "links to each other cannot repeat images or loop); links to image files are "
@@ -136,6 +175,15 @@ class DataConfig:
             raise ConfigError("data.std values must be > 0")
         if self.dataset in ("imagefolder", "folder", "shards") and not self.root_path:
             raise ConfigError(f"data.root_path is required for data.dataset={self.dataset}")
+        if self.dataset in ("imagefolder", "folder", "fashion_mnist") and "://" in (self.root_path or ""):
+            raise ConfigError(f"data.root_path: {self.root_path} is a URL, which data.dataset=shards reads (pack the "
+                              f"images with `ijepa shards SRC URL`); data.dataset={self.dataset} reads a local folder")
+        if self.dataset == "hf" and not self.hf_path:
+            raise ConfigError("data.hf_path is required for data.dataset=hf (a Hub id or a local folder)")
+        if self.hf_shuffle_buffer < 0:
+            raise ConfigError(f"data.hf_shuffle_buffer must be >= 0, got {self.hf_shuffle_buffer}")
+        if self.dataset == "hf" and self.gpu_augment:
+            raise ConfigError("data.gpu_augment works with folders and shards, not with data.dataset=hf")
 
 
 @dataclass
@@ -253,21 +301,39 @@ class LoggingConfig:
     log_freq: int = _f(10, "steps between progress-bar / console updates (the CSV gets every step)")
     checkpoint_freq: int = _f(50, "keep a checkpoint every N epochs besides latest (0: never)")
     checkpoint_every_steps: int = _f(0, "also write latest every N steps (0: only at epoch ends)")
+    checkpoint_every_minutes: float = _f(0.0, "also write latest once this many minutes have passed since the last "
+                                              "checkpoint (0: off): bounds the work a crash loses by time. Asked "
+                                              "every log_freq steps; under DDP rank 0's clock decides for every "
+                                              "rank. Written by a background thread from a copy in CPU memory, so "
+                                              "the steps go on meanwhile")
     monitor_freq: int = _f(0, "steps between collapse checks (feature std, RankMe) on a fixed batch "
                               "(0: at epoch ends only)")
     online_knn: bool = _f(True, "at each epoch end and the end of the run, k-NN accuracy (k=20, T=0.07) of the "
                                 "target encoder's pooled features: 2,000 labelled training images as the bank, "
                                 "1,000 held-out test images as queries (Fashion-MNIST only; other datasets skip "
                                 "it). The every-monitor_freq-steps checks skip it: it costs ~10x the rest")
-    tensorboard: bool = _f(False, "also write TensorBoard events (needs the tensorboard package)")
+    tracker: tuple[str, ...] | str | None = _f(
+        (), "experiment trackers that also receive the run: " + ", ".join(TRACKERS) + ", several as a list "
+            "([wandb, mlflow]), or none. Each gets the resolved config, log.csv's and monitor.csv's values at their "
+            "steps and summary.json; a resumed run continues the same tracked run (tracker.json). wandb and mlflow "
+            "need pip install 'ijepa[tracking]', tensorboard 'ijepa[tensorboard]' (docs/training.md)")
+    tracker_project: str = _f("ijepa", "the W&B project / MLflow experiment a tracked run goes to (the run is named "
+                                       "after its folder)")
     progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        self.tracker = tracker_names(self.tracker)
 
     def check(self) -> None:
         for key in ("log_freq",):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"logging.{key} must be > 0")
-        for key in ("checkpoint_freq", "checkpoint_every_steps", "monitor_freq"):
+        for key in ("checkpoint_freq", "checkpoint_every_steps", "checkpoint_every_minutes", "monitor_freq"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"logging.{key} must be >= 0")
+        if not math.isfinite(self.checkpoint_every_minutes):
+            raise ConfigError("logging.checkpoint_every_minutes must be a number of minutes (0: off)")
         if not self.write_tag or "/" in self.write_tag:
             raise ConfigError("logging.write_tag must be a non-empty name without '/'")
+        if not self.tracker_project.strip():
+            raise ConfigError("logging.tracker_project must be a non-empty name")

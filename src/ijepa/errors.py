@@ -101,6 +101,12 @@ class DiskFullError(IJepaError):
     kind = "disk full"
 
 
+class HubError(IJepaError):
+    """The Hugging Face Hub refused or could not be reached (``ijepa push``): no token, no network, no rights."""
+
+    kind = "hub error"
+
+
 def preview(names: list[str], n: int = 5) -> str:
     """The first ``n`` names, and how many more: what an error lists of a long set."""
     shown = ", ".join(names[:n])

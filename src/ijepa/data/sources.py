@@ -9,6 +9,8 @@ Kinds (``data.dataset`` in a config, ``--dataset`` on the command line):
 - ``imagefolder``: class sub-folders (ImageNet layout), labelled by class.
 - ``folder``: every image under ``root``, unlabelled.
 - ``shards``: tar shards written by ``ijepa shards``, streamed.
+- ``hf``: a Hugging Face dataset, a Hub id or a local folder (:mod:`ijepa.data.hf`): ``root`` is its path, ``split``
+  one of its own splits (``train``, ``validation``...).
 
 For the two folder kinds, ``split`` picks ``root/train``, ``root/val`` or ``root/test`` where the root has split
 folders (:func:`split_root`; the convention every command follows is :mod:`ijepa.data.layout`).
@@ -43,10 +45,12 @@ from .fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
 from .fashion_mnist import MEAN as FMNIST_MEAN
 from .fashion_mnist import STD as FMNIST_STD
 from .fashion_mnist import load_fashion_mnist
+from .hf import open_hf, require_hf
 from .layout import SPLITS
 from .shards.reader import ShardDataset
+from .shards.remote import URL, location
 
-DATASETS = ("fashion_mnist", "imagefolder", "folder", "shards")
+DATASETS = ("fashion_mnist", "imagefolder", "folder", "shards", "hf")
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,15 @@ def require(kind: str, root: str | os.PathLike | None) -> None:
                 f"apt-get install -y dataset-fashion-mnist` (files go to {FMNIST_ROOT}), or pass the folder "
                 "holding the IDX files.")
         return
+    if kind == "hf":
+        require_hf(root)
+        return
     if root is None:
         raise DataError(f"dataset {kind!r} needs a root folder")
+    if kind == "shards":
+        root = location(root)  # a file:// URL is a local path
+        if isinstance(root, URL):  # in an object store: reading its index.json says what is missing, in one line
+            return
     if not Path(root).exists() and not (kind == "shards" and glob.glob(os.fspath(root))):  # shards: a glob too
         raise DatasetNotFoundError(f"{kind} dataset path {os.fspath(root)!r} does not exist")
     if not Path(root).is_dir() and kind != "shards":  # shards may be given as a glob or a single tar
@@ -167,8 +178,12 @@ def open_images(kind: str, root: str | os.PathLike | None = None, *, split: str 
     ``limit``: the first N images. ``draft_size``: JPEGs decode at the smallest scale keeping both sides at least
     this. ``max_pixels``: larger images are skipped unread (None: no limit). ``follow_symlinks``: folders reached
     through links to directories are read too (each real directory once). ``shard_options`` go to
-    :class:`~ijepa.data.shards.reader.ShardDataset` (rank, world_size, seed, shuffle, name_skipped)."""
+    :class:`~ijepa.data.shards.reader.ShardDataset` (rank, world_size, seed, shuffle, name_skipped), or for ``hf``
+    to :func:`~ijepa.data.hf.open_hf` (name, image_column, label_column)."""
     _check_kind(kind)
+    if kind == "hf":  # its splits are its own (train, validation, ...); shard_options: name, image/label_column
+        return first(open_hf(root, split=split or "train", transform=transform, mode=mode, max_pixels=max_pixels,
+                             draft_size=draft_size, **shard_options), limit)
     if split is not None and split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
     if kind == "fashion_mnist":
@@ -227,6 +242,10 @@ def _decoded(dataset: Any) -> Iterator[Any]:
             warnings.simplefilter("ignore")
             for item in probe:
                 yield item if isinstance(item, Unreadable) else item[0]
+        return
+    if hasattr(inner, "decode_rgb"):  # a Hugging Face split (data/hf.py)
+        for i in range(len(dataset)):
+            yield inner.decode_rgb(_unwrap(dataset, i)[1])
         return
     for i in range(len(dataset)):
         path = inner.samples[_unwrap(dataset, i)[1]][0]

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..data.datasets import dataset_info
+from ..data.hf import choose_split as choose_hf_split
 from ..data.sources import choose_split, mode_for, open_images, require, require_images, set_decoding
 from ..data.transforms import make_eval_transform
 from ..errors import ConfigError
@@ -17,15 +18,25 @@ from .finetune import FinetuneConfig, format_history, run_finetune
 from .run import evaluate, find_checkpoint, format_table, load_model, save_results
 
 
+def _hf(args: argparse.Namespace) -> dict:
+    """``--dataset hf``'s options, as :func:`~ijepa.data.sources.open_images` takes them."""
+    return {"name": args.hf_name, "image_column": args.image_column, "label_column": args.label_column}
+
+
+def _root(args: argparse.Namespace) -> str | None:
+    """The dataset's path: ``--hf-path`` for ``--dataset hf``, else ``--root``."""
+    return args.hf_path if args.dataset == "hf" else args.root
+
+
 def eval_command(args: argparse.Namespace) -> int:
     """``ijepa eval``: every protocol on the model and the baselines; a table, and the results as JSON."""
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines else []
     results = evaluate(args.model, protocols, baselines=baselines, which=args.which, path=args.path,
-                       dataset=args.dataset, root=args.root, split=args.split, train_dir=args.train_dir,
+                       dataset=args.dataset, root=_root(args), split=args.split, train_dir=args.train_dir,
                        test_dir=args.test_dir, limit=args.limit, pooling=args.pooling, batch_size=args.batch_size,
                        progress=not args.no_progress, attentive_epochs=args.attentive_epochs,
-                       follow_symlinks=args.follow_symlinks)
+                       follow_symlinks=args.follow_symlinks, hf=_hf(args) if args.dataset == "hf" else None)
     ckpt = find_checkpoint(args.model)
     default_json = (ckpt.parent if ckpt.is_file() else Path(".")) / f"eval_{'_'.join(protocols)}.json"
     out = save_results(results, args.json or default_json)
@@ -45,10 +56,14 @@ def extract_command(args: argparse.Namespace) -> int:
         split = args.split or "test"
         data = open_images("fashion_mnist", args.root, split=split, limit=args.limit)
     else:
-        require(args.dataset, args.root)
-        split = choose_split(args.dataset, args.root, args.split)
-        data = open_images(args.dataset, args.root, split=split, limit=args.limit,
-                           follow_symlinks=args.follow_symlinks)
+        root = _root(args)
+        require(args.dataset, root)
+        if args.dataset == "hf":  # its own splits: --split, or its only one
+            split, opts = choose_hf_split(root, args.hf_name, args.split), _hf(args)
+        else:
+            split, opts = choose_split(args.dataset, root, args.split), {}
+        data = open_images(args.dataset, root, split=split, limit=args.limit, follow_symlinks=args.follow_symlinks,
+                           **opts)
         require_images(data, dataset_info(data)["root"])
     encoder = load_model(args.model, args.which, args.path)
     if args.dataset == "fashion_mnist":
@@ -89,9 +104,15 @@ def finetune_command(args: argparse.Namespace) -> int:
             raise ConfigError("--dataset imagefolder needs --root (class sub-folders, or train/ and val/ or test/ "
                               "split folders)")
         images, root = root, None
+    if args.dataset == "hf":
+        root = args.hf_path
+    elif args.split is not None:
+        raise ConfigError("--split names the split validated on of --dataset hf; a folder's is ROOT/val (or "
+                          "ROOT/test)")
     res = run_finetune(args.src, args.out, cfg=cfg, dataset=args.dataset, images_dir=images,
                        root=root, limit=args.limit, which=args.which, path=args.path, device=args.device,
-                       export_hf=args.export_hf, val_fraction=args.val_fraction, progress=not args.no_progress)
+                       export_hf=args.export_hf, val_fraction=args.val_fraction, progress=not args.no_progress,
+                       split=args.split, hf=_hf(args) if args.dataset == "hf" else None, license=args.license)
     print(f"\nfine-tuned {res['source']} on {res['dataset']} ({res['split']}): {res['n_train']} training, "
           f"{res['n_val']} validation images, {cfg.epochs} epochs, {res['seconds']:.0f} s")
     print(format_history(res))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
+from ..data.hf import held_out_split as hf_held_out_split
 from ..data.sources import (
     held_out_split,
     mode_for,
@@ -109,6 +110,32 @@ def folder_data(train_dir: str | Path, test_dir: str | Path, limit: int | None =
             ds, labels = Subset(ds, keep.tolist()), labels[keep]
         splits.append(Split(ds, labels))
     return EvalData(name or Path(train_dir).parent.name, *splits)
+
+
+def hf_data(path: str, split: str | None, limit: int | None = None, seed: int = 0,
+            hf: dict | None = None) -> EvalData:
+    """A Hugging Face dataset's ``train`` split and ``split`` (default: ``validation``, else ``val``, else ``test``),
+    opened and checked as :func:`folder_data` does; labelled (a ClassLabel column, or ``label_column``)."""
+    hf = hf or {}
+    require("hf", path)
+    if split == "train":
+        raise ConfigError("eval fits on the train split and tests on --split: give another split")
+    test = split or hf_held_out_split(path, hf.get("name"))
+    if test is None:
+        raise DataError(f"{path}: no validation, val or test split to test on: name one with --split")
+    splits = []
+    for name in ("train", test):
+        ds = open_images("hf", path, split=name, **hf)
+        require_images(ds, ds.root)
+        labels = torch.tensor(ds.targets)
+        if bool((labels < 0).all()):
+            raise DataError(f"{ds.root}: no labels (no ClassLabel column): eval's protocols are labelled; name the "
+                            "labels' column with --label-column")
+        if limit and limit < len(ds):
+            keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+            ds, labels = Subset(ds, keep.tolist()), labels[keep]
+        splits.append(Split(ds, labels))
+    return EvalData(str(path), *splits)
 
 
 def eval_folders(root: str | None, split: str | None, train_dir: str | None, test_dir: str | None
@@ -204,11 +231,12 @@ def evaluate(model_spec: str, protocols: list[str], *, baselines: list[str] = ()
              path: str | None = None, dataset: str = "fashion_mnist", root: str | None = None,
              split: str | None = None, train_dir: str | None = None, test_dir: str | None = None,
              limit: int | None = None, pooling: str = "mean", batch_size: int = 512, progress: bool = True,
-             attentive_epochs: int = 20, follow_symlinks: bool = False) -> dict:
+             attentive_epochs: int = 20, follow_symlinks: bool = False, hf: dict | None = None) -> dict:
     """{"models": {name: {"source": ..., protocol: result}}, ...}; names: "pretrained", "random", "pixels".
 
     ``dataset``: ``fashion_mnist`` (fit on its training set, test on its test set) or ``imagefolder``: ``root``'s
-    ``train/`` and ``split`` folder (default ``val/``, else ``test/``), or ``train_dir`` and ``test_dir``."""
+    ``train/`` and ``split`` folder (default ``val/``, else ``test/``), or ``train_dir`` and ``test_dir``; or ``hf``:
+    the Hugging Face dataset at ``root`` (``hf``: its name and columns), its train split and ``split``."""
     for p in protocols:
         if p not in PROTOCOLS:
             raise ConfigError(f"unknown protocol '{p}' (choose from {', '.join(PROTOCOLS)})")
@@ -228,8 +256,10 @@ def evaluate(model_spec: str, protocols: list[str], *, baselines: list[str] = ()
     elif dataset == "imagefolder":
         train_folder, test_folder, name = eval_folders(root, split, train_dir, test_dir)
         data = folder_data(train_folder, test_folder, limit, follow_symlinks=follow_symlinks, name=name)
+    elif dataset == "hf":
+        data = hf_data(root, split, limit, hf=hf)
     else:
-        raise ConfigError(f"unknown dataset '{dataset}' (fashion_mnist, imagefolder)")
+        raise ConfigError(f"unknown dataset '{dataset}' (fashion_mnist, imagefolder, hf)")
     encoder = load_model(model_spec, which, path)
     models: dict[str, Any] = {"pretrained": encoder}
     for b in baselines:

@@ -9,7 +9,8 @@ safetensors + JSON, replaced atomically. Every checkpoint problem raises an
 
 The files, in the order ``load`` uses them: ``load.py`` (entry points) -> ``registry.py`` (published names)
 -> ``detect.py`` (which format) -> one file per format (``reference.py``, ``hf.py``, ``timm.py``,
-``native.py``: detection, reader, key map, writer) -> ``build.py`` (the models, with ``arch.py``).
+``native.py``: detection, reader, key map, writer) -> ``build.py`` (the models, with ``arch.py``). A transformers
+export carries a model card (``modelcard.py``); ``push.py`` uploads one to the Hugging Face Hub (``ijepa push``).
 """
 
 from .detect import read_weights

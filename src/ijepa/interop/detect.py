@@ -1,7 +1,8 @@
 """Which format a checkpoint is, and its reader: ``read_weights(src) -> Weights`` in our names.
 
 Detection, in order:
-  a directory           config.json with ``architecture`` -> timm export (timm.py)
+  a directory           .metadata and extras.pt           -> our sharded training checkpoint (sharded.py)
+                        config.json with ``architecture`` -> timm export (timm.py)
                         config.json with ``model_type``   -> transformers IJepaModel (hf.py)
   ``.safetensors``      metadata ``format: ijepa``        -> our export (native.py)
                         a flat state dict                 -> by its names, as below
@@ -21,7 +22,7 @@ from typing import Any
 
 from ..errors import UnknownFormatError
 from ..io import existing, read_json, read_safetensors, read_torch
-from . import hf, native, reference
+from . import hf, native, reference, sharded
 from . import timm as timm_fmt
 from .weights import Weights, check_which, split_predictor, state_dict
 
@@ -36,6 +37,8 @@ def read_weights(src: str | os.PathLike | Mapping[str, Any], which: str = "targe
         return _from_object(src, "<state dict>", which)
     p = existing(src)
     if p.is_dir():
+        if sharded.is_sharded(p):  # meta.parallel: fsdp's checkpoint folder, read whole (weights only)
+            return native.read_training_checkpoint(sharded.read_sharded(p, optimizer=False), which, str(p))
         return _from_dir(p)
     if p.suffix == ".safetensors":
         sd, meta = read_safetensors(p)

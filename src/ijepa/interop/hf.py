@@ -24,6 +24,7 @@ from ..errors import CheckpointError, CheckpointReadError, UnknownFormatError
 from ..io import (
     atomic_folder,
     atomic_write_json,
+    atomic_write_text,
     check_replaceable,
     read_json,
     read_safetensors,
@@ -306,9 +307,9 @@ def preprocessor_config_for(spec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-# What an export folder holds: what we write, and the other weight layouts an earlier export there may have used.
-# A folder holding anything else is not replaced (io.check_replaceable).
-HF_EXPORT_FILES = ("config.json", "preprocessor_config.json", *HF_WEIGHT_FILES)
+# What an export folder holds: what we write (the model card too), and the other weight layouts an earlier export
+# there may have used. A folder holding anything else is not replaced (io.check_replaceable).
+HF_EXPORT_FILES = ("config.json", "preprocessor_config.json", "README.md", *HF_WEIGHT_FILES)
 
 
 def check_export_folder(dst: str | os.PathLike) -> Path:
@@ -317,25 +318,27 @@ def check_export_folder(dst: str | os.PathLike) -> Path:
 
 
 def write_hf_folder(dst: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
-                    config: Mapping[str, Any], preprocessor: Mapping[str, Any]) -> Path:
+                    config: Mapping[str, Any], preprocessor: Mapping[str, Any], card: str | None = None) -> Path:
     """A transformers folder written whole: filled under a temporary name beside ``dst`` and renamed into place,
     config.json last, so that a folder at ``dst`` with a config.json is always a complete one (transformers loads
-    any folder that has one)."""
+    any folder that has one). ``card``: the model card, ``README.md`` (``modelcard.py``)."""
     with atomic_folder(dst, HF_EXPORT_FILES, "transformers export") as tmp:
+        if card is not None:
+            atomic_write_text(tmp / "README.md", card)
         write_safetensors(tensors, tmp / "model.safetensors", metadata)
         atomic_write_json(tmp / "preprocessor_config.json", dict(preprocessor))
         atomic_write_json(tmp / "config.json", dict(config))
     return Path(dst)
 
 
-def save_hf(encoder: Any, dst: str | os.PathLike, source: str | None = None) -> Path:
+def save_hf(encoder: Any, dst: str | os.PathLike, source: str | None = None, card: str | None = None) -> Path:
     """Write a directory that ``transformers.IJepaModel.from_pretrained(dst)`` loads with no code of ours:
-    config.json, model.safetensors (hub layout) and preprocessor_config.json (the encoder's input_spec), written
-    whole (:func:`write_hf_folder`)."""
+    config.json, model.safetensors (hub layout), preprocessor_config.json (the encoder's input_spec) and, given
+    ``card``, README.md, written whole (:func:`write_hf_folder`)."""
     check_export_folder(dst)
     stated = source or getattr(encoder, "source", "") or "ijepa export"
     return write_hf_folder(dst, to_hf(encoder.state_dict()), {"format": "pt", HF_SOURCE_METADATA_KEY: stated},
-                           config_for(encoder), preprocessor_config_for(declared_spec(encoder)))
+                           config_for(encoder), preprocessor_config_for(declared_spec(encoder)), card)
 
 
 __all__ = ["HF_EXPORT_FILES", "HF_HUB_BLOCK", "HF_HUB_QKV", "HF_MEM_BLOCK", "HF_MEM_QKV", "HF_TOP", "arch_from_config",

@@ -18,15 +18,16 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from ..io import check_replaceable, read_json
 from ..models.predictor import VisionTransformerPredictor
 from ..models.vit import VisionTransformer
-from . import hf, hub, native, registry
+from . import hf, hub, native, registry, sharded
 from . import timm as timm_fmt
 from .arch import normalise_arch
 from .build import build_encoder, build_predictor
 from .detect import read_weights
+from .modelcard import model_card
 from .weights import check_which
 
 ExportFormat = Literal["ijepa", "hf", "timm"]
@@ -38,7 +39,8 @@ CLASSIFIER_INFO = "classifier.json"
 
 
 def run_checkpoint(path: Any) -> Any:
-    """A folder that stands for one file: a training run's (``ijepa train --out DIR``) is its latest checkpoint;
+    """A folder that stands for one file: a training run's (``ijepa train --out DIR``) is its latest checkpoint
+    (the single file, or a ``meta.parallel: fsdp`` run's sharded folder);
     a fine-tuning run's (``ijepa finetune --out DIR``) or its ``model/`` folder is the fine-tuned encoder."""
     if isinstance(path, (str, os.PathLike)):
         p = Path(path).expanduser()
@@ -46,6 +48,9 @@ def run_checkpoint(path: Any) -> Any:
             latest = sorted(p.glob("*-latest.pth.tar"))
             if latest:
                 return latest[0]
+            found = sharded.latest_in(p)  # a meta.parallel: fsdp run's
+            if found is not None:
+                return found
             for d in (p, p / "model"):
                 if (d / CLASSIFIER_INFO).is_file():
                     return d / str(read_json(d / CLASSIFIER_INFO).get("encoder") or "encoder.safetensors")
@@ -132,7 +137,8 @@ def load(path_or_dir: str | os.PathLike | Mapping[str, Any], *, which: str = "ta
 
 
 def export(encoder: VisionTransformer, dst: str | os.PathLike, to: ExportFormat = "ijepa", *,
-           predictor: VisionTransformerPredictor | None = None, source: str | None = None) -> Path:
+           predictor: VisionTransformerPredictor | None = None, source: str | None = None,
+           card: str | None = None) -> Path:
     """Write an encoder (and, for ``to="ijepa"``, optionally its predictor) in one of the formats.
 
     Args:
@@ -148,6 +154,8 @@ def export(encoder: VisionTransformer, dst: str | os.PathLike, to: ExportFormat 
               ``.safetensors`` file plus a ``<stem>.json`` sidecar when ``dst`` ends in ``.safetensors``.
         predictor: a predictor to keep beside the encoder (``to="ijepa"`` only).
         source: what the file says it was made from (default: the encoder's ``source``).
+        card: ``to="hf"``: its model card, README.md (default: the one :func:`.modelcard.model_card` writes from
+            the encoder alone).
 
     Returns:
         The path written (the directory, or the weights file).
@@ -157,7 +165,7 @@ def export(encoder: VisionTransformer, dst: str | os.PathLike, to: ExportFormat 
     if predictor is not None:
         raise CheckpointError(f"a {to} export holds an encoder only; use to='ijepa' to keep the predictor")
     if to == "hf":
-        return hf.save_hf(encoder, dst, source)
+        return hf.save_hf(encoder, dst, source, card if card is not None else model_card(encoder))
     if to == "timm":
         return timm_fmt.save_timm(encoder, dst, source)
     raise CheckpointError(f"to={to!r}: choose 'ijepa', 'hf' or 'timm'")
@@ -166,7 +174,7 @@ def export(encoder: VisionTransformer, dst: str | os.PathLike, to: ExportFormat 
 def convert(src: str | os.PathLike | Mapping[str, Any], dst: str | os.PathLike, to: ExportFormat = "ijepa",
             which: str = "target_encoder", *, with_predictor: bool = False, arch: Any = None,
             img_size: int | tuple[int, int] | None = None, strict: bool = True,
-            path: str | os.PathLike | None = None, revision: str | None = None) -> Path:
+            path: str | os.PathLike | None = None, revision: str | None = None, license: str | None = None) -> Path:
     """``load`` ``src`` (any format it reads, a published name, a Hub repo id) and ``export`` it ``to`` a
     format.
 
@@ -181,15 +189,20 @@ def convert(src: str | os.PathLike | Mapping[str, Any], dst: str | os.PathLike, 
         strict: as for ``load``.
         path: as for ``load``.
         revision: as for ``load``.
+        license: ``to="hf"``: the licence its model card (README.md) states (``modelcard.choose_license``: the
+            reference's weights carry theirs; default ``unknown``).
 
     Returns:
         The path written.
     """
     _check_destination(dst, to)
+    if license is not None and to != "hf":
+        raise ConfigError(f"license={license!r}: only a transformers export (to='hf') carries a model card")
     out = load(src, which=which, arch=arch, img_size=img_size, with_predictor=with_predictor, strict=strict,
                path=path, revision=revision)
     encoder, predictor = out if isinstance(out, tuple) else (out, None)
-    return export(encoder, dst, to, predictor=predictor)
+    card = model_card(encoder, src=src, license=license) if to == "hf" else None
+    return export(encoder, dst, to, predictor=predictor, card=card)
 
 
 __all__ = ["convert", "export", "load", "read_weights", "run_checkpoint"]

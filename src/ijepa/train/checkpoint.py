@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import CheckpointError, CheckpointReadError
 from ..io import read_torch, save_torch
 from . import distributed as D
+from .checkpoint_writer import BackgroundWriter, CheckpointTimer, snapshot
 from .horizon import Horizon
 from .ijepa import IJEPA
 from .runfolder import no_space
@@ -61,16 +62,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Checkpointer:
     """Saves and restores one run's training state: ``<tag>-latest.pth.tar`` (and ``<tag>-epN.pth.tar`` copies)
     in ``out``. Every rank calls :meth:`save` (rank 0 writes, all wait); a step already saved is not written
-    again. ``info`` holds the run's constant keys (``batch_size``, ``world_size``, ``input_spec``, ``config``)."""
+    again. ``info`` holds the run's constant keys (``batch_size``, ``world_size``, ``input_spec``, ``config``).
+    ``timer`` says when a checkpoint is due by time (``logging.checkpoint_every_minutes``); every save restarts it."""
 
     def __init__(self, out: Path, tag: str, model: IJEPA, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, schedules: Schedules, *, steps_per_epoch: int, is_main: bool,
-                 info: dict[str, Any]):
+                 info: dict[str, Any], timer: CheckpointTimer | None = None):
         self.out, self.tag, self.model, self.optimizer = Path(out), tag, model, optimizer
         self.scaler, self.schedules = scaler, schedules
         self.steps_per_epoch, self.is_main, self.info = steps_per_epoch, is_main, info
         self.latest = self.out / f"{tag}-latest.pth.tar"
         self.last_saved = -1
+        # a data pipeline whose position is not the step's (a streamed dataset): called by every rank at each save
+        # (it may gather every rank's part), kept under "data_state"
+        self.data_state: Any = None
+        self._data: Any = None
+        self.timer = timer or CheckpointTimer(0, lambda: 0.0)
+        self.writer = BackgroundWriter()
 
     @property
     def horizon(self) -> Horizon:
@@ -85,20 +93,38 @@ class Checkpointer:
                 "world_size": self.info["world_size"], "lr": self.schedules.lr_at(step), "format": "ijepa",
                 "version": __version__, "step": step, "batch_in_epoch": step % ipe, "rng": rng_state(),
                 "input_spec": self.info["input_spec"], "arch": m.arch_dict(), "config": self.info["config"],
-                "horizon": self.horizon.state_dict()}
+                "horizon": self.horizon.state_dict(), "data_state": self._data}
 
-    def save(self, step: int, loss: float, keep_epoch: int | None = None) -> None:
+    def save(self, step: int, loss: float, keep_epoch: int | None = None, *, background: bool = False) -> None:
+        """Write the state after ``step`` (and the epoch's kept copy). ``background``: rank 0 copies the state to
+        CPU memory and a thread writes it (:mod:`.checkpoint_writer`), so the next step does not wait for the
+        disk; otherwise the write in flight ends first, then this one, and every rank waits for it."""
+        if not background:
+            self.wait()
         if step == self.last_saved:
             return
         self.last_saved = step
+        self.timer.reset()
+        self._data = self.data_state() if self.data_state is not None else None
         if self.is_main:
-            state = self.state(step, loss)
             # the kept copy first: a crash between the two writes resumes from the older latest and writes both again
             paths = [self.out / f"{self.tag}-ep{keep_epoch}.pth.tar"] if keep_epoch is not None else []
-            for path in [*paths, self.latest]:
-                with no_space(path, self.latest):
-                    save_checkpoint(state, path)
-        D.barrier()
+            if background:
+                state = snapshot(self.state(step, loss))
+                self.writer.submit(lambda: self._write(state, paths))
+            else:
+                self._write(self.state(step, loss), paths)
+        if not background:
+            D.barrier()
+
+    def _write(self, state: dict[str, Any], paths: list[Path]) -> None:
+        for path in [*paths, self.latest]:
+            with no_space(path, self.latest):
+                save_checkpoint(state, path)
+
+    def wait(self) -> None:
+        """Until the write in flight has ended; raises its error (a full disk) here."""
+        self.writer.wait()
 
     def restore(self, path: Path, ckpt: dict[str, Any]) -> tuple[int, float]:
         """Load a checkpoint read by :func:`read_resume` into the run; returns (step, loss)."""

@@ -3,15 +3,26 @@
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under SLURM (``srun`` one task per GPU)
 the same facts come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; MASTER_ADDR must be set by the batch
 script (see docs/distributed.md), MASTER_PORT defaults to 29500.
+
+A torchrun that restarts its workers (``--max-restarts``) keeps the store its first workers met in: the agent's,
+at the same MASTER_ADDR:MASTER_PORT, still holding the keys the dead group wrote (each rank's address). A new group
+that joined through it as is would read those and try to connect to processes that no longer exist. So under
+torchrun the ranks meet under a prefix of their own: rank 0 draws a fresh one, and a rank takes a prefix only once
+rank 0 has answered it there (``_generation``), so one left by an earlier group is never used.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from ..errors import IJepaError
 
 
 @dataclass(frozen=True)
@@ -51,8 +62,54 @@ def init_distributed(device_type: str) -> DistInfo:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    store = _elastic_store(info)
+    if store is None:
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    else:
+        dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size)
     return info
+
+
+# How long a rank waits for rank 0 at start-up: torch's default for joining a process group.
+JOIN_TIMEOUT = timedelta(minutes=10)
+
+
+def _elastic_store(info: DistInfo) -> dist.Store | None:
+    """Under torchrun with the agent's store: that store, under this worker group's own prefix. None otherwise
+    (SLURM, a plain launch, or a torchrun whose rank 0 serves a fresh store each time: nothing stale there)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), info.world_size, is_master=False,
+                          timeout=JOIN_TIMEOUT)
+    return dist.PrefixStore(f"ijepa/{_generation(store, info)}", store)
+
+
+def _generation(store: dist.Store, info: DistInfo, timeout: timedelta = JOIN_TIMEOUT) -> str:
+    """A name every rank of this worker group agrees on and no earlier group used. Rank 0 draws it and publishes
+    it; every other rank writes a fresh token of its own under the name it read and takes the name once rank 0
+    has echoed that token. A name left by an earlier group is never echoed (its rank 0 is gone), so a rank that
+    read one reads again; rank 0 answers only the tokens written under its own name."""
+    key = f"ijepa/generation/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    if info.rank == 0:
+        name = secrets.token_hex(8)
+        store.set(key, name)
+        for r in range(1, info.world_size):
+            token = store.get(f"{name}/join/{r}").decode()  # waits for rank r (the store's timeout)
+            store.set(f"{name}/welcome/{token}", "1")
+        return name
+    token, deadline = secrets.token_hex(8), time.monotonic() + timeout.total_seconds()
+    while True:
+        name = store.get(key).decode()
+        store.set(f"{name}/join/{info.rank}", token)
+        waited = time.monotonic() + 1.0
+        while time.monotonic() < waited:
+            if store.check([f"{name}/welcome/{token}"]):
+                return name
+            time.sleep(0.02)
+        if time.monotonic() > deadline:
+            raise IJepaError(f"rank {info.rank}: rank 0 of this worker group did not answer within "
+                             f"{timeout.total_seconds():.0f} s of joining the process group")
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
@@ -81,3 +138,13 @@ def slowest(seconds: float, device: torch.device) -> float:
     t = torch.tensor([seconds], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def from_main(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (itself when not distributed): ranks that decide by their own clocks
+    follow rank 0's."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device if device.type == "cuda" else "cpu")
+    dist.broadcast(t, src=0)
+    return bool(t.item())

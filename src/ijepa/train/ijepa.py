@@ -9,7 +9,9 @@ on: extra terms on the batch's mean-pooled context features (VICReg variance and
 
 ``forward`` is the loss, so ``DDP(model)`` wraps the whole step's forward (the target encoder's parameters take no
 gradient, so DDP leaves them alone) and ``model.encoder``, ``model.predictor``, ``model.target_encoder`` stay the
-plain modules a checkpoint saves (``compiled()`` gives a compiled view over the same parameters).
+plain modules a checkpoint saves (``compiled()`` gives a compiled view over the same parameters). Under
+``meta.parallel: fsdp`` the three networks are sharded in place instead (:mod:`ijepa.train.fsdp`) and ``forward``
+runs unwrapped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ from ..models.targets import normalize_targets
 from ..optim import param_groups
 from ..spec import InputSpec
 from .losses import extra_terms, prediction_loss
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5: no public DTensor, and no FSDP2 to make one
+    DTensor = ()
+
+
+def local_tensors(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Each parameter's tensor on this rank: a sharded (FSDP, DTensor) one's local shard, which shares its
+    storage, so that in-place updates of it update the parameter."""
+    return [p.to_local() if isinstance(p, DTensor) else p for p in params]
 
 
 def make_target(encoder: nn.Module) -> nn.Module:
@@ -93,10 +106,11 @@ class IJEPA(nn.Module):
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """target <- m·target + (1 - m)·context encoder, one fused call over all parameters."""
+        """target <- m·target + (1 - m)·context encoder, one fused call over all parameters. Under FSDP both
+        networks are sharded alike (``ijepa.train.fsdp``): the call runs on each rank's local shards, no gather."""
         with record_function("ema"):
-            torch._foreach_lerp_(list(self.target_encoder.parameters()), list(self.encoder.parameters()),
-                                 1.0 - momentum)
+            torch._foreach_lerp_(local_tensors(self.target_encoder.parameters()),
+                                 local_tensors(self.encoder.parameters()), 1.0 - momentum)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """The encoder's then the predictor's AdamW groups (:func:`ijepa.optim.param_groups`: biases and 1-D

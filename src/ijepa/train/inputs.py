@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
@@ -23,8 +22,10 @@ from ..config_sections import DataConfig
 from ..data.datasets import dataset_info, read_sample
 from ..data.decode import Unreadable
 from ..data.gpu_augment import BatchAugment, CanvasFolder, DecodeShrink, default_max_size
+from ..data.hf_stream import HFStreamPipeline
 from ..data.loader import InMemoryBatches, build_loader
 from ..data.shards.reader import ShardDataset, build_shard_loader
+from ..data.shards.remote import join_root
 from ..data.sources import Probe, first, mode_for, normalisation, open_images, require, require_images
 from ..data.transforms import (
     BatchRandomResizedCrop,
@@ -248,7 +249,14 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
         test = open_images("fashion_mnist", cfg.root_path, split="test")
         return InMemoryPipeline(train.images, cfg, dist, seed, device, mean, std, train.labels,
                                 (test.images, test.labels))
-    root = Path(cfg.root_path) / cfg.image_folder
+    if cfg.dataset == "hf" and cfg.streaming:  # its own reader, split and resume (data/hf_stream.py)
+        stream = HFStreamPipeline(cfg, dist.rank, dist.world_size, seed, device, mean, std)
+        check_channels(cfg, stream.probe, stream.where)
+        return stream
+    # a Hugging Face split map-style (data/hf.py) goes the folders' way from here
+    hf = dict(split=cfg.split, name=cfg.hf_name, image_column=cfg.image_column,
+              label_column=cfg.label_column) if cfg.dataset == "hf" else {}
+    root = cfg.hf_path if hf else join_root(cfg.root_path, cfg.image_folder)  # shards: a URL stays one
     require(cfg.dataset, root)
     transform = make_pretrain_transform(
         crop_size=cfg.crop_size, crop_scale=cfg.crop_scale, horizontal_flip=cfg.use_horizontal_flip,
@@ -270,11 +278,11 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
         return LoaderPipeline(dataset, cfg, dist, seed, device, mean, std, _FirstItems(eval_ds, 256))
     # the limit applies after the canvas wrapper, which needs the folder dataset itself
     dataset = open_images(cfg.dataset, root, transform=transform, mode=mode, draft_size=draft,
-                          max_pixels=cfg.max_image_pixels, follow_symlinks=cfg.follow_symlinks)
+                          max_pixels=cfg.max_image_pixels, follow_symlinks=cfg.follow_symlinks, **hf)
     where = dataset_info(dataset)["root"]  # the split folder read: root/train where the root has split folders
     check_channels(cfg, require_images(first(dataset, cfg.limit), where, at_least=need, why=why), where)
     eval_ds = open_images(cfg.dataset, root, transform=eval_tf, mode=mode, max_pixels=cfg.max_image_pixels,
-                          follow_symlinks=cfg.follow_symlinks, limit=cfg.limit)  # the files training reads
+                          follow_symlinks=cfg.follow_symlinks, limit=cfg.limit, **hf)  # the files training reads
     if cfg.gpu_augment:
         dataset = CanvasFolder(dataset)
     return LoaderPipeline(first(dataset, cfg.limit), cfg, dist, seed, device, mean, std, eval_ds)

@@ -32,7 +32,9 @@ from ..optim import set_lr
 from ..precision import Precision, backward_step, resolve_precision
 from ..seeding import generator_for
 from . import distributed as D
+from . import fsdp as F
 from .checkpoint import Checkpointer, read_resume
+from .checkpoint_writer import CheckpointTimer
 from .horizon import Horizon, TimedHorizon, build_horizon
 from .ijepa import IJEPA
 from .inputs import build_pipeline
@@ -157,7 +159,7 @@ def setup_device(cfg: Config) -> tuple[torch.device, D.DistInfo, Precision]:
 def distribute(model: IJEPA, cfg: Config, dist: D.DistInfo, device: torch.device) -> nn.Module:
     """What computes the loss: ``model``, its compiled view (meta.compile), and that in DDP when distributed."""
     forward = model.compiled() if cfg.meta.compile else model
-    if not dist.enabled:
+    if not dist.enabled or cfg.meta.parallel == "fsdp":  # FSDP wraps the networks in place (fsdp.shard_model)
         return forward
     return DDP(forward, device_ids=[dist.local_rank] if device.type == "cuda" else None)
 
@@ -191,11 +193,16 @@ def build_run(cfg: Config, out: str | Path, hold: contextlib.ExitStack, *,
     device, dist, precision = setup_device(cfg)
     out = Path(out)
     hold.enter_context(own_run_folder(out, dist, device))
-    resume = read_resume(out, cfg.logging.write_tag, cfg.meta.read_checkpoint, cfg.meta.load_checkpoint, device)
+    sharded = cfg.meta.parallel == "fsdp"
+    tag, m = cfg.logging.write_tag, cfg.meta
+    resume = (F.read_resume(out, tag, m.read_checkpoint, m.load_checkpoint) if sharded
+              else read_resume(out, tag, m.read_checkpoint, m.load_checkpoint, device))
     change = config_change(resume[1].get("config"), cfg, int(resume[1]["step"]), resume[0]) if resume else None
     data = build_pipeline(cfg.data, dist, cfg.meta.seed, device)
     ipe = data.steps_per_epoch
     model = IJEPA.from_config(cfg, data.input_spec).to(device)
+    if sharded and dist.enabled:  # before the optimizer: sharding replaces the parameters
+        F.shard_model(model, precision, device)
     masks = MultiBlockMaskSampler(model.grid_size, cfg.mask)
     optimizer = model.configure_optimizer(cfg.optimization, device.type)
     scaler = precision.grad_scaler()
@@ -204,9 +211,15 @@ def build_run(cfg: Config, out: str | Path, hold: contextlib.ExitStack, *,
                             resumed=resume[1].get("horizon") if resume else None,
                             step=int(resume[1]["step"]) if resume else 0)
     schedules = Schedules.from_config(cfg.optimization, ipe, horizon)
-    ckpt = Checkpointer(out, cfg.logging.write_tag, model, optimizer, scaler, schedules, steps_per_epoch=ipe,
+    ckpt = (F.ShardedCheckpointer if sharded else Checkpointer)(
+                        out, cfg.logging.write_tag, model, optimizer, scaler, schedules, steps_per_epoch=ipe,
                         is_main=dist.is_main, info={"batch_size": cfg.data.batch_size, "world_size": dist.world_size,
-                                                    "input_spec": data.input_spec.to_dict(), "config": cfg.to_dict()})
+                                                    "input_spec": data.input_spec.to_dict(), "config": cfg.to_dict()},
+                        timer=CheckpointTimer(cfg.logging.checkpoint_every_minutes, clock,
+                                              lambda due: D.from_main(due, device)))
+    if hasattr(data, "state_dict"):  # a streamed dataset: its position is kept in the checkpoint (data/hf_stream.py)
+        ckpt.data_state = data.state_dict
+        data.load_state_dict(resume[1].get("data_state") if resume else None)
     start_step, last_loss = ckpt.restore(*resume) if resume else (0, math.nan)
     state = TrainState(model, distribute(model, cfg, dist, device), optimizer, scaler, schedules, precision,
                        cfg.optimization.clip_grad)
@@ -326,7 +339,8 @@ def replanned(r: Run, log: RunLog) -> None:
 
 
 def between_steps(r: Run, log: RunLog, step: int) -> None:
-    """The console line, the every-N-steps collapse check and checkpoint, at their intervals."""
+    """The console line, the every-N-steps collapse check and checkpoint, at their intervals; every log_freq
+    steps, the checkpoint due by time. Mid-epoch checkpoints are written in the background."""
     lg, ipe, done = r.cfg.logging, r.data.steps_per_epoch, r.horizon.done(step)
     if step % lg.log_freq == 0 or done:
         log.flush(show_lr=r.state.schedules.lr_at(step))
@@ -334,7 +348,9 @@ def between_steps(r: Run, log: RunLog, step: int) -> None:
     if lg.monitor_freq and step % lg.monitor_freq == 0 and step % ipe and not done:
         log.monitor(step, r.monitor(step, knn=False))
     if lg.checkpoint_every_steps and step % lg.checkpoint_every_steps == 0 and step % ipe:
-        r.ckpt.save(step, log.flush())
+        r.ckpt.save(step, log.flush(), background=True)
+    elif step % lg.log_freq == 0 and step % ipe and not done and r.ckpt.timer.due():  # the same steps on every rank
+        r.ckpt.save(step, log.flush(), background=True)
 
 
 def finish(r: Run, log: RunLog, step: int, stopped: str | None, skipped: SkipTally, seconds: float,

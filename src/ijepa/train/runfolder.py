@@ -43,6 +43,22 @@ __all__ = ["HISTORY", "LOCK", "RUN_NEUTRAL", "config_change", "no_space", "own_r
 LOCK = ".lock"
 HISTORY = "config_changes.jsonl"
 
+# The lock descriptors this process holds. A process it forks (a loader worker) closes its copies at once: a flock
+# belongs to every copy of its descriptor, so otherwise a killed run's workers would hold the folder until they
+# noticed and ended, and a run restarted at once (torchrun --max-restarts) would find it in use.
+_HELD: set[int] = set()
+
+
+def _close_held() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held)
+
 # Keys a resume may change freely: how and where the same computation runs (threads, device, compiled or not,
 # activation checkpointing, denormal flushing, loader processes), what is written (logging.*), where the run
 # resumes from, and optimization.max_steps, which stops a run early by design, its schedules unchanged.
@@ -121,6 +137,7 @@ def _hold(out: Path) -> Iterator[None]:
     if fd is None:
         yield
         return
+    _HELD.add(fd)
     try:
         previous = _owner(fd)
         if previous:
@@ -135,6 +152,7 @@ def _hold(out: Path) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             path.unlink()  # before the release: a lock file that outlives its owner means the owner died
+        _HELD.discard(fd)
         os.close(fd)
         if made:
             with contextlib.suppress(OSError):  # not empty: the run wrote there

@@ -1,5 +1,6 @@
 """What a run writes besides its checkpoints: ``log.csv`` (one row per step), ``monitor.csv`` (one row per
-collapse check), TensorBoard events, the progress bar, ``config.yaml`` and ``summary.json``.
+collapse check), the progress bar, ``config.yaml`` and ``summary.json``; and what it sends to the experiment
+trackers (``logging.tracker``: W&B, MLflow, TensorBoard; ``trackers.py``).
 
 Crash-consistent: the CSVs are only appended to, one flushed batch of whole rows at a time, and at every start
 they are read back, repaired and cut to the checkpoint being resumed from, then replaced atomically — so a kill
@@ -31,6 +32,7 @@ from ..io import atomic_write_json, atomic_write_text
 from . import distributed as D
 from .runfolder import no_space, record_config_change
 from .schedules import Schedules
+from .trackers import Trackers, monitor_metrics, row_metrics
 
 LOG_FIELDS = ["epoch", "step", "loss", "lr", "wd", "momentum", "ctx_tokens", "tgt_tokens", "step_ms",
               "images_per_s", "skipped"]
@@ -93,7 +95,8 @@ class RunLog:
         self.steps_per_epoch = steps_per_epoch
         self.pending: list[tuple[dict[str, Any], torch.Tensor]] = []
         self.last_loss, self.last_stats = last_loss, {}
-        self.log_file = self.mon_file = self.tb = self.progress = None
+        self.log_file = self.mon_file = self.progress = None
+        self.trackers = Trackers([])
         self.monitored: set[int] = set()
         if not is_main:
             return
@@ -116,10 +119,8 @@ class RunLog:
         self.mon_file = open(self.out / "monitor.csv", "a", newline="")  # noqa: SIM115
         self.log_csv = csv.DictWriter(self.log_file, LOG_FIELDS)
         self.mon_csv = csv.DictWriter(self.mon_file, MONITOR_FIELDS)
-        if cfg.logging.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # optional dependency
-            # purge_step drops the events a killed run wrote after the checkpoint resumed from
-            self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=start_step or None)
+        self.trackers = Trackers.open(self.out, cfg.logging.tracker, cfg.logging.tracker_project, cfg.to_dict(),
+                                      start_step)
         if cfg.logging.progress:
             self.progress = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step",
                                  dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
@@ -158,12 +159,12 @@ class RunLog:
                     f"checkpoint ({self.checkpoint_name}, if any) was written before this and is untouched. Try a "
                     f"lower optimization.lr, optimization.clip_grad, or meta.precision=fp32.")
             if self.is_main:
-                self.log_csv.writerow({**row, "loss": f"{value:.6f}"})
-                if self.tb:
-                    self.tb.add_scalar("train/loss", value, row["step"])
-                    self.tb.add_scalar("train/lr", float(row["lr"]), row["step"])
+                written = {**row, "loss": f"{value:.6f}"}
+                self.log_csv.writerow(written)
+                self.trackers.log(row["step"], row_metrics(written))
         if self.is_main:
             self.log_file.flush()
+            self.trackers.flush()
 
     def _show(self, step: int, lr: float, images_per_s: str) -> None:
         self.progress.update(step - self.progress.n)
@@ -184,19 +185,20 @@ class RunLog:
         with no_space(self.out / "monitor.csv", self.latest):
             self.mon_csv.writerow({"epoch": step // self.steps_per_epoch, "step": step, **values})
             self.mon_file.flush()
-        if self.tb:
-            for k, v in stats.items():
-                self.tb.add_scalar(f"monitor/{k}", v, step)
+        self.trackers.log(step, monitor_metrics(values))
+        self.trackers.flush()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.is_main:
             with no_space(self.out / "summary.json", self.latest):
                 atomic_write_json(self.out / "summary.json", summary)
+            self.trackers.finish(summary, self.out / "summary.json")
 
     def close(self, quiet: bool = False) -> None:
         """Close every file; ``quiet``: while an error propagates, a close that fails (a full disk cannot take the
         buffered rows) must not replace it."""
-        for f in (self.progress, self.log_file, self.mon_file, self.tb):
+        self.trackers.close(ok=not quiet)
+        for f in (self.progress, self.log_file, self.mon_file):
             if f is None:
                 continue
             try:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import Config, load_config
+from ..data.shards.remote import join_root
 from ..data.sources import mode_for, normalisation, open_images
 from ..data.transforms import BatchRandomResizedCrop, make_pretrain_transform
 from ..masks import MultiBlockMaskSampler
@@ -225,7 +225,7 @@ def training_images(cfg: Config, n: int, seed: int = 0) -> torch.Tensor:
                                  color_distortion=d.use_color_distortion,
                                  color_jitter_strength=d.color_jitter_strength, gaussian_blur=d.use_gaussian_blur,
                                  mean=mean, std=std, in_chans=d.in_chans)
-    root = Path(d.root_path or ".") / d.image_folder
+    root = join_root(d.root_path or ".", d.image_folder)  # shards: a URL stays one
     kw = {"shuffle": False} if d.dataset == "shards" else {}
     ds = open_images(d.dataset, root, transform=tf, mode=mode_for(d.in_chans), **kw)
     items = []

@@ -12,7 +12,15 @@ import torch
 from ...data.preprocess import resolve_input_spec
 from ...errors import CheckpointError, UnknownFormatError
 from ...interop import export, load
-from ...interop.hf import HF_BASE_PREFIX, HF_SOURCE_METADATA_KEY, config_for, preprocessor_config_for, to_hf
+from ...interop.hf import (
+    HF_BASE_PREFIX,
+    HF_SOURCE_METADATA_KEY,
+    config_for,
+    preprocessor_config_for,
+    to_hf,
+    write_hf_folder,
+)
+from ...interop.modelcard import model_card
 from ...io import atomic_write_json, read_json, read_safetensors, write_safetensors
 from .model import ClassifierModel
 
@@ -49,29 +57,30 @@ def save_classifier(model: ClassifierModel, dst: str | os.PathLike, *, id2label:
 
 
 def save_hf_classifier(model: ClassifierModel, dst: str | os.PathLike,
-                       id2label: dict[int, str] | None = None, source: str | None = None) -> Path:
+                       id2label: dict[int, str] | None = None, source: str | None = None,
+                       card: str | None = None) -> Path:
     """Write a directory ``transformers.IJepaForImageClassification.from_pretrained(dst)`` loads with no code
     of ours: ``config.json`` (the encoder fields of ``ijepa.interop.hf.config_for`` plus the labels),
-    ``model.safetensors`` (the encoder under ``ijepa.`` in the hub layout, the head as ``classifier.``) and
-    ``preprocessor_config.json``. ``ijepa.load(dst)`` reads the encoder back (the classifier is ignored)."""
+    ``model.safetensors`` (the encoder under ``ijepa.`` in the hub layout, the head as ``classifier.``),
+    ``preprocessor_config.json`` and the model card ``README.md`` (``card``, default: one from the model alone),
+    written whole (``ijepa.interop.hf.write_hf_folder``). ``ijepa.load(dst)`` reads the encoder back (the
+    classifier is ignored)."""
     d = Path(dst)
     if d.exists() and not d.is_dir():
         raise CheckpointError(f"{d} exists and is not a directory; a transformers export is a directory")
-    d.mkdir(parents=True, exist_ok=True)
     enc = model.encoder
     labels = _id2label(model, id2label)
     tensors = {HF_BASE_PREFIX + k: v for k, v in to_hf(enc.state_dict()).items()}
     tensors["classifier.weight"] = model.head.weight
     tensors["classifier.bias"] = model.head.bias
     stated = source or f"fine-tuned classifier ({getattr(enc, 'source', None) or 'ijepa encoder'})"
-    write_safetensors(tensors, d / "model.safetensors", {"format": "pt", HF_SOURCE_METADATA_KEY: stated})
     cfg = config_for(enc)
     cfg.update(architectures=["IJepaForImageClassification"], num_labels=len(labels),
                id2label={str(k): v for k, v in labels.items()}, label2id={v: k for k, v in labels.items()},
                problem_type="single_label_classification")
-    atomic_write_json(d / "config.json", cfg)
-    atomic_write_json(d / "preprocessor_config.json", preprocessor_config_for(resolve_input_spec(enc)))
-    return d
+    return write_hf_folder(d, tensors, {"format": "pt", HF_SOURCE_METADATA_KEY: stated}, cfg,
+                           preprocessor_config_for(resolve_input_spec(enc)),
+                           card if card is not None else model_card(enc, classifier={}))
 
 
 def load_classifier(src: str | os.PathLike) -> ClassifierModel:

@@ -11,11 +11,13 @@ import torch
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from ...data.hf import held_out_split as hf_held_out_split
 from ...data.preprocess import resolve_input_spec
 from ...data.sources import open_images, require
 from ...device import resolve_device
 from ...errors import ConfigError, DataError
 from ...interop import load
+from ...interop.modelcard import choose_license, from_reference, model_card
 from ..linear import stratified_split
 from .config import FinetuneConfig
 from .files import save_hf_classifier
@@ -28,14 +30,26 @@ def load_image_folder(root: str | os.PathLike, input_spec: dict, *, classes: lis
     encoder's input size (short side resized, bicubic, then centre-cropped), labels, class names. Unreadable
     images are skipped with a warning. ``classes``: the class list to match (a val split must have the
     training split's classes). Memory is N·C·H·W bytes: meant for up to ~10^5 images at 224 px."""
+    return _decode_all("imagefolder", root, input_spec, classes=classes, progress=progress)
+
+
+def _decode_all(kind: str, root: str | os.PathLike, input_spec: dict, *, classes: list[str] | None = None,
+                progress: bool = True, **options: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """:func:`load_image_folder` for a dataset of ``kind`` (``imagefolder``, or ``hf`` with its ``options``:
+    split, name, columns)."""
     spec = resolve_input_spec(None, input_spec)
     h, w = spec["image_size"]
     mode = "L" if spec["in_chans"] == 1 else "RGB"
     tf = T.Compose([T.Resize(max(h, w), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop((h, w)),
                     T.PILToTensor()])
-    ds = open_images("imagefolder", root, split=None, transform=tf, mode=mode)
+    ds = open_images(kind, root, split=options.pop("split", None), transform=tf, mode=mode, **options)
+    if kind == "hf":
+        if ds.classes is None:
+            raise DataError(f"{ds.root}: no ClassLabel column: a classifier needs named classes (the labels' column "
+                            "as a ClassLabel feature)")
+        root = ds.root
     if classes is not None and list(ds.classes) != list(classes):
-        raise DataError(f"{root}: class folders {ds.classes} differ from the training split's {classes}")
+        raise DataError(f"{root}: classes {ds.classes} differ from the training split's {classes}")
     c = 1 if mode == "L" else 3
     images = torch.empty((len(ds), c, h, w), dtype=torch.uint8)
     labels = torch.empty(len(ds), dtype=torch.long)
@@ -65,11 +79,37 @@ def _folder_splits(images_dir: Path, spec: dict, val_fraction: float, seed: int,
     return x[tr], y[tr], x[va], y[va], classes, f"stratified {val_fraction:g} held out"
 
 
+def _hf_splits(path: str, hf: dict, split: str | None, spec: dict, val_fraction: float, seed: int,
+               progress: bool):
+    """A Hugging Face dataset's train split and ``split`` (default validation, else val, else test), or without one
+    ``val_fraction`` of each class of train held out; as :func:`_folder_splits` returns them."""
+    if split == "train":
+        raise ConfigError("finetune trains on the train split: --split names the one validated on")
+    split = split or hf_held_out_split(path, hf.get("name"))
+    xtr, ytr, classes = _decode_all("hf", path, spec, progress=progress, split="train", **hf)
+    if split is not None:
+        xva, yva, _ = _decode_all("hf", path, spec, classes=classes, progress=progress, split=split, **hf)
+        return xtr, ytr, xva, yva, classes, f"train / {split}"
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"finetune.val_fraction must be in (0, 1), got {val_fraction!r}")
+    tr, va = stratified_split(ytr, val_fraction, seed)
+    return xtr[tr], ytr[tr], xtr[va], ytr[va], classes, f"stratified {val_fraction:g} held out"
+
+
+def _random_n(n: int, seed: int, xtr, ytr, xva, yva):
+    """A seeded random ``n`` of each split, in their order (the first ``n`` would be the first classes only)."""
+    g = torch.Generator().manual_seed(seed)
+    itr = torch.randperm(len(xtr), generator=g)[:n].sort().values
+    iva = torch.randperm(len(xva), generator=g)[:n].sort().values
+    return xtr[itr], ytr[itr], xva[iva], yva[iva]
+
+
 def run_finetune(src: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: FinetuneConfig | None = None,
                  dataset: str = "fashion_mnist", images_dir: str | os.PathLike | None = None,
                  root: str | os.PathLike | None = None, limit: int | None = None, which: str = "target_encoder",
                  path: str | None = None, device: str = "auto", export_hf: str | os.PathLike | None = None,
-                 val_fraction: float = 0.1, progress: bool = True) -> dict[str, Any]:
+                 val_fraction: float = 0.1, progress: bool = True, split: str | None = None,
+                 hf: dict | None = None, license: str | None = None) -> dict[str, Any]:
     """``ijepa finetune``: load ``src``, fine-tune it, write everything under ``out_dir``.
 
     Args:
@@ -85,8 +125,11 @@ def run_finetune(src: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: Fin
         path: the checkpoint file, when ``src`` is a published model's name.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         export_hf: also write a transformers ``IJepaForImageClassification`` folder there.
-        val_fraction: with ``images_dir`` and no validation folder.
+        val_fraction: with ``images_dir`` and no validation folder (or a ``hf`` dataset with no held-out split).
         progress: show progress bars.
+        split: with ``dataset="hf"``: the split validated on (default validation, else val, else test).
+        hf: with ``dataset="hf"`` (``root`` its Hub id or local folder): its name and columns.
+        license: with ``export_hf``: the licence its model card states (``ijepa.interop.modelcard``).
 
     Returns:
         ``finetune``'s result plus the run's description (``src``, ``source``, ``dataset``, ``split``,
@@ -99,24 +142,29 @@ def run_finetune(src: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: Fin
         require("imagefolder", images_dir)
     elif dataset == "fashion_mnist":
         require("fashion_mnist", root)
+    elif dataset == "hf":
+        require("hf", root)
     else:
         raise ConfigError(f"unknown dataset {dataset!r} (fashion_mnist, or pass an image folder)")
     encoder = load(src, which=which, path=path)
+    if export_hf:  # a licence the card cannot state is one line before any training
+        choose_license(license, from_reference(getattr(encoder, "source", "") or "", src))
     spec = resolve_input_spec(encoder)
     if images_dir is not None:
         xtr, ytr, xva, yva, classes, split = _folder_splits(Path(images_dir), spec, val_fraction, cfg.seed,
                                                             progress)
         name = Path(images_dir).name
-        if limit:
-            g = torch.Generator().manual_seed(cfg.seed)
-            itr = torch.randperm(len(xtr), generator=g)[:limit].sort().values
-            iva = torch.randperm(len(xva), generator=g)[:limit].sort().values
-            xtr, ytr, xva, yva = xtr[itr], ytr[itr], xva[iva], yva[iva]
+    elif dataset == "hf":
+        xtr, ytr, xva, yva, classes, split = _hf_splits(os.fspath(root), dict(hf or {}), split, spec, val_fraction,
+                                                        cfg.seed, progress)
+        name = os.fspath(root)
     else:
         tr = open_images("fashion_mnist", root, split="train", limit=limit)
         va = open_images("fashion_mnist", root, split="test", limit=limit)
         xtr, ytr, xva, yva = tr.images, tr.labels, va.images, va.labels
         classes, split, name = list(tr.classes), "train / test", "fashion_mnist"
+    if limit and (images_dir is not None or dataset == "hf"):  # Fashion-MNIST's first N are read above
+        xtr, ytr, xva, yva = _random_n(limit, cfg.seed, xtr, ytr, xva, yva)
     id2label = dict(enumerate(classes))
     meta = {"src": str(src), "source": getattr(encoder, "source", ""), "dataset": name, "split": split,
             "classes": classes}
@@ -125,7 +173,8 @@ def run_finetune(src: str | os.PathLike, out_dir: str | os.PathLike, *, cfg: Fin
     res.update(meta)
     res["out_dir"] = str(out_dir)
     if export_hf:
-        res["export_hf"] = str(save_hf_classifier(res["model"], export_hf, id2label))
+        card = model_card(res["model"].encoder, src=src, license=license, classifier=res)
+        res["export_hf"] = str(save_hf_classifier(res["model"], export_hf, id2label, card=card))
         metrics_path = Path(out_dir) / "metrics.json"
         metrics = json.loads(metrics_path.read_text())
         metrics["export_hf"] = res["export_hf"]
