@@ -96,7 +96,7 @@ def test_a_npy_feature_set_killed_at_random_moments_is_whole_or_refused(tmp_path
     save_features(path, _set(0, rows=2048, dim=8192))  # the same row count every time: counting cannot tell
     rng = random.Random(0)
     seen, mid_write = [], 0
-    for i in range(10):
+    for i in range(6):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(1000 * (i + 1)), "2048", "8192"],
                              env=ENV)
         try:
@@ -107,7 +107,7 @@ def test_a_npy_feature_set_killed_at_random_moments_is_whole_or_refused(tmp_path
             p.wait()
         mid_write += bool(_temps(tmp_path, p.pid))
         seen.append(_whole_or_refused(path))
-    assert mid_write >= 3, "the kills should land mid-write"
+    assert mid_write >= 2, "the kills should land mid-write"
     assert any(k is not None for k in seen)
     save_features(path, _set(7))  # the next write removes what the killed writers left
     assert _temps(tmp_path) == [] and _whole_or_refused(path) == 7
