@@ -31,10 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.ops import roi_align
 
 from .decode import DECODE_ERRORS, Unreadable
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ConvertMode
@@ -72,6 +69,8 @@ def shrink(image: torch.Tensor, max_size: int) -> torch.Tensor:
     if max(h, w) <= max_size:
         return image
     s = max_size / max(h, w)
+    import torchvision.transforms.functional as TF  # imported where used: ijepa.data.transforms says why
+
     return TF.resize(image, [max(1, min(max_size, round(h * s))), max(1, min(max_size, round(w * s)))],
                      interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
@@ -96,6 +95,8 @@ class DecodeShrink:
                 s = self.max_size / max(w, h)
                 img = img.resize((max(1, min(self.max_size, round(w * s))), max(1, min(self.max_size, round(h * s)))),
                                  Image.BILINEAR)
+            import torchvision.transforms.functional as TF
+
             img = TF.pil_to_tensor(img)
         x = shrink(img, self.max_size)
         return to_canvas(x, self.max_size), torch.tensor(x.shape[-2:], dtype=torch.int64)
@@ -107,6 +108,8 @@ class DecodeShrink:
 def decode_file(path: str | Path, in_chans: int = 3) -> torch.Tensor | None:
     """libjpeg-turbo / libpng through ``torchvision.io.decode_image`` straight to a uint8 (C, h, w) tensor (what
     this path needs, without PIL's copy into a tensor), or None when torchvision cannot read the file."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
     try:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -282,6 +285,8 @@ class BatchAugment:
 
     def crop(self, canvases: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """roi_align of each box (pixel edges, ``aligned=True``) to size × size, as float in [0, 1]."""
+        from torchvision.ops import roi_align
+
         x0, y0, bw, bh = boxes.float().unbind(1)
         rois = torch.stack([torch.arange(len(boxes), device=boxes.device, dtype=torch.float32), x0, y0,
                             x0 + bw, y0 + bh], dim=1)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms as T
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
 from ..spec import IMAGENET_MEAN, IMAGENET_STD  # re-exported: the data layer's users import them from here
+
+if TYPE_CHECKING:
+    import torchvision.transforms as T
+
+# torchvision is imported where a PIL pipeline is built, not here: it costs every `ijepa` process about a second,
+# and the in-memory paths (Fashion-MNIST training, probes, the batch crop below) never use it.
 
 
 class ConvertMode:
@@ -30,6 +35,8 @@ class ConvertMode:
 
     def __call__(self, img: Image.Image | torch.Tensor) -> Image.Image:
         if isinstance(img, torch.Tensor):
+            import torchvision.transforms.functional as TF
+
             img = TF.to_pil_image(img)
         return img if img.mode == self.mode else img.convert(self.mode)
 
@@ -66,6 +73,8 @@ def get_color_distortion(strength: float = 1.0) -> T.Compose:
     in the reference with its configs' ``color_jitter_strength: 0.0``.
     """
     s = strength
+    import torchvision.transforms as T
+
     jitter = T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     return T.Compose([T.RandomApply([jitter], p=0.8), T.RandomGrayscale(p=0.2)])
 
@@ -95,6 +104,8 @@ def make_pretrain_transform(
     """
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean/std need {in_chans} values for in_chans={in_chans}, got {mean} / {std}")
+    import torchvision.transforms as T
+
     ops: list = [ConvertMode(_mode_for(in_chans)), T.RandomResizedCrop(crop_size, scale=tuple(crop_scale))]
     if horizontal_flip:
         ops.append(T.RandomHorizontalFlip())
@@ -115,6 +126,8 @@ def make_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[floa
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean/std need {in_chans} values for in_chans={in_chans}, got {mean} / {std}")
     resize = math.floor(img_size / crop_pct)
+    import torchvision.transforms as T
+
     return T.Compose([
         ConvertMode(_mode_for(in_chans)),
         T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ...data.hf import held_out_split as hf_held_out_split
@@ -40,6 +39,8 @@ def _decode_all(kind: str, root: str | os.PathLike, input_spec: dict, *, classes
     spec = resolve_input_spec(None, input_spec)
     h, w = spec["image_size"]
     mode = "L" if spec["in_chans"] == 1 else "RGB"
+    from torchvision import transforms as T  # imported where used: ijepa.data.transforms says why
+
     tf = T.Compose([T.Resize(max(h, w), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop((h, w)),
                     T.PILToTensor()])
     ds = open_images(kind, root, split=options.pop("split", None), transform=tf, mode=mode, **options)
