@@ -135,13 +135,17 @@ class Checkpointer:
             self.optimizer.load_state_dict(ckpt["opt"])
         except (RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not match this config's models: {e}") from None
+        return self._resumed(path, ckpt)
+
+    def _resumed(self, path: Path, ckpt: dict[str, Any], written_by: str = "") -> tuple[int, float]:
+        """The rest of a resume once the weights and optimizer are loaded: RNG, scaler, step; (step, loss)."""
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         step = int(ckpt["step"])
         if self.is_main:
-            print(f"resumed from {path} at step {step} (epoch {step // self.steps_per_epoch})", flush=True)
+            print(f"resumed from {path} at step {step} (epoch {step // self.steps_per_epoch}{written_by})", flush=True)
         self.last_saved = step if path == self.latest else -1  # the latest already holds this very state
         return step, float(ckpt.get("loss", float("nan")))
 

@@ -33,7 +33,7 @@ from ..interop.sharded import EXTRAS, SHARDED_SUFFIX, find_sharded, quiet_single
 from ..io import save_torch
 from ..precision import Precision
 from . import distributed as D
-from .checkpoint import Checkpointer, rng_state, set_rng_state
+from .checkpoint import Checkpointer, rng_state
 from .ijepa import IJEPA
 from .runfolder import no_space
 
@@ -174,13 +174,4 @@ class ShardedCheckpointer(Checkpointer):
     def restore(self, path: Path, ckpt: dict[str, Any]) -> tuple[int, float]:
         """Load the sharded checkpoint ``path`` (``ckpt``: its extras, from :func:`read_resume`); (step, loss)."""
         load_sharded(self.model, self.optimizer, path, ckpt["param_groups"])
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
-        if ckpt.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
-        if self.is_main:
-            print(f"resumed from {path} at step {step} (epoch {step // self.steps_per_epoch}, written by "
-                  f"{ckpt.get('world_size')} processes)", flush=True)
-        self.last_saved = step if path == self.latest else -1
-        return step, float(ckpt.get("loss", float("nan")))
+        return self._resumed(path, ckpt, f", written by {ckpt.get('world_size')} processes")
