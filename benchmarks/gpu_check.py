@@ -30,16 +30,20 @@ has measured so far to ``OUT/sections/NAME.json`` as it goes, so a time-out keep
 
 The time boxes share the budget (--budget, default 450 s); a section that would start with less than its
 minimum left is recorded as skipped. Sections run in the order above except that the two compiled ``train`` rows
-run last: they are the slowest to start and the first to give up when time runs short.
+run last: they are the slowest to start and the first to give up when time runs short. On a GPU they run one at a
+time, each with the device to itself; the smoke run, which times nothing that matters, runs two at a time on one
+core each (``--jobs``), as most of a section there is a process starting and importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -62,14 +66,15 @@ SECTIONS = [("env", 50, 10), ("train:0:eager", 60, 20), ("train:1:eager", 70, 20
 # -------------------------------------------------------------------------------------------- the parent
 
 
-def run_section(name: str, timeout: float, out: Path, smoke: bool) -> dict:
+def run_section(name: str, timeout: float, out: Path, smoke: bool, threads: int | None = None) -> dict:
     path = out / "sections" / f"{name.replace(':', '_')}.json"
     path.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--section-out", str(path),
            "--timeout", str(timeout), *(["--smoke"] if smoke else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else None
     t = time.perf_counter()
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         status = "ok" if r.returncode == 0 else "error"
         err = r.stderr.strip().splitlines()[-1] if r.returncode and r.stderr.strip() else None
         tail = r.stderr[-3000:] if r.returncode else None
@@ -133,6 +138,8 @@ def main() -> None:
     p.add_argument("--budget", type=float,
                    help="seconds for all sections (default 450; --smoke 1500, a guard against hangs only)")
     p.add_argument("--only", help="comma-separated section names (e.g. train:0:eager,loader)")
+    p.add_argument("--jobs", type=int, help="sections run at a time (default 1; --smoke 2 where there are 2 cores, "
+                                            "each section then on cores / jobs threads)")
     p.add_argument("--section", help=argparse.SUPPRESS)
     p.add_argument("--section-out", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=60, help=argparse.SUPPRESS)
@@ -156,16 +163,23 @@ def main() -> None:
     wanted = set(args.only.split(",")) if args.only else None
     sections = [s for s in SECTIONS if (wanted is None or s[0] in wanted)
                 and not (s[0].startswith("train:") and int(s[0].split(":")[1]) >= len(sh.train))]
+    jobs = max(1, args.jobs or (min(2, os.cpu_count() or 1) if args.smoke else 1))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     t0 = time.perf_counter()
-    res: dict = {"shapes": asdict(sh)}
-    for name, box, minimum in sections:
+
+    def run(section: tuple[str, float, float]) -> dict:
+        name, box, minimum = section
         box, minimum = box * sh.box_scale, minimum * sh.box_scale
         left = budget - (time.perf_counter() - t0)
         if left < minimum:
-            res[name] = {"status": "skipped", "seconds": 0.0, "error": f"{left:.0f} s left of the budget"}
-            continue
-        res[name] = run_section(name, min(box, left), out, args.smoke)
-        print(f"[{time.perf_counter() - t0:5.0f} s] {name}: {res[name]['status']}", file=sys.stderr, flush=True)
+            return {"status": "skipped", "seconds": 0.0, "error": f"{left:.0f} s left of the budget"}
+        r = run_section(name, min(box, left), out, args.smoke, threads)
+        print(f"[{time.perf_counter() - t0:5.0f} s] {name}: {r['status']}", file=sys.stderr, flush=True)
+        return r
+
+    res: dict = {"shapes": asdict(sh)}
+    with ThreadPoolExecutor(jobs) as pool:  # in SECTIONS' order; one at a time unless --jobs says otherwise
+        res.update(zip([name for name, _, _ in sections], pool.map(run, sections)))
     res["total_s"] = round(time.perf_counter() - t0, 1)
     mfu(res)
     (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))

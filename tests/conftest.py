@@ -1,6 +1,6 @@
-"""What several test files share: the tiny training run, the mask tests' helpers and the tiny random-weight models and
+"""What several test files share: the tiny training run, the mask tests' helpers, the tiny random-weight models and
 reference checkpoint of the interop tests (``from conftest import TINY, cfg_with``; pytest puts this folder on
-``sys.path``, as the tests have no ``__init__.py``)."""
+``sys.path``, as the tests have no ``__init__.py``), and the ``ijepa`` processes started without their imports."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ from ijepa.masks import MaskConfig
 from ijepa.models.predictor import VisionTransformerPredictor
 from ijepa.models.vit import VisionTransformer
 
+PREWARMED = Path(__file__).resolve().parent / "prewarmed.py"  # the documentation examples' harness starts it too
+
 # Overrides of the CPU default (fmnist_cpu) for a run whose steps take milliseconds: the tests are about the loop,
 # not the learning. The default's time limit is off, so a run's length is the steps a test sets, on any machine;
 # fp32, so every machine runs the same arithmetic; the paper's loss alone (the default's variance and covariance
-# terms off). A tuple, so that no test can change it for the others.
+# terms off); no online k-NN (3,000 forward passes at each epoch end: most of a tiny run's time; the tests of the
+# monitor turn it on). A tuple, so that no test can change it for the others.
 TINY = ("data.limit=256", "data.batch_size=16", "meta.model_name=vit_tiny", "meta.enc_depth=1",
         "meta.pred_depth=1", "meta.pred_emb_dim=48", "meta.precision=fp32", "optimization.minutes=null",
         "optimization.epochs=2", "optimization.warmup=0.5", "logging.progress=false", "logging.log_freq=4",
-        "loss.var_weight=0", "loss.cov_weight=0")
+        "loss.var_weight=0", "loss.cov_weight=0", "logging.online_knn=false")
 
 
 def cfg_with(*extra: str) -> Config:
@@ -89,3 +92,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- ijepa processes (test_kill_resume, test_horizon, ...)
+
+
+@pytest.fixture(scope="session")
+def prewarmed():
+    """Starts ``ijepa ARGS`` (``prewarmed.ijepa(args, stdout=file, stderr=subprocess.STDOUT, env=...)``) or ``python
+    -c CODE`` (``prewarmed.python(["-c", code, ...])``) as a process of its own, forked from a server that has
+    imported torch and ijepa (tests/prewarmed.py), so a test that starts many pays the 2-3 s of imports once; a
+    ``subprocess.Popen``-like handle (pid, poll, wait, send_signal, kill)."""
+    from prewarmed import Servers
+
+    servers = Servers()
+    yield servers
+    servers.close()

@@ -27,13 +27,16 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PREWARMED  # each command runs in a process forked from one that has imported torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -49,25 +52,27 @@ TRAIN_OVERRIDES = ("meta.model_name=vit_tiny meta.enc_depth=1 meta.pred_depth=1 
                    "data.batch_size=16 data.limit=64 data.num_workers=0 optimization.epochs=2 optimization.warmup=0.5 "
                    "logging.progress=false logging.log_freq=2 logging.checkpoint_freq=0")
 
+
 SHELL_PREAMBLE = r"""
+command_ijepa() { python "$IJEPA_PREWARMED_CLIENT" ijepa "$@"; }
 # The examples' commands at a test's size: each gets its short lengths after the example's own arguments.
 ijepa() {
   case "$1" in
-    train) command ijepa "$@" $IJEPA_DOCS_TRAIN ;;
+    train) command_ijepa "$@" $IJEPA_DOCS_TRAIN ;;
     train-decoder)
       case " $* " in
-        *" --steps "*) command ijepa "$@" --steps 10 --train-images 256 --val-images 128 ;;
-        *) command ijepa "$@" --minutes 0.05 --train-images 256 --val-images 128 ;;
+        *" --steps "*) command_ijepa "$@" --steps 10 --train-images 256 --val-images 128 ;;
+        *) command_ijepa "$@" --minutes 0.05 --train-images 256 --val-images 128 ;;
       esac ;;
-    finetune) command ijepa "$@" --epochs 1 --limit 256 --no-progress ;;
-    eval) command ijepa "$@" --baselines '' --attentive-epochs 2 --no-progress ;;
+    finetune) command_ijepa "$@" --epochs 1 --limit 256 --no-progress ;;
+    eval) command_ijepa "$@" --baselines '' --attentive-epochs 2 --no-progress ;;
     viz)
       case "$2" in
-        predict) command ijepa "$@" --gallery 256 --judge-images 256 --judge-steps 20 --sample-steps 4 ;;
-        features) command ijepa "$@" --fit 64 ;;
-        *) command ijepa "$@" ;;
+        predict) command_ijepa "$@" --gallery 256 --measure 32 --judge-images 256 --judge-steps 20 --sample-steps 4 ;;
+        features) command_ijepa "$@" --fit 64 ;;
+        *) command_ijepa "$@" ;;
       esac ;;
-    *) command ijepa "$@" ;;
+    *) command_ijepa "$@" ;;
   esac
 }
 """
@@ -217,7 +222,8 @@ def _env(home: Path, fmnist: Path) -> dict[str, str]:
     env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""), HOME=str(home),
                IJEPA_FASHION_MNIST=str(fmnist), IJEPA_HOME=str(home / ".cache" / "ijepa"), IJEPA_OFFLINE="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(home / ".cache" / "huggingface"),
-               MPLBACKEND="Agg", IJEPA_DOCS_TRAIN=TRAIN_OVERRIDES, PYTHONWARNINGS="ignore")
+               MPLBACKEND="Agg", IJEPA_DOCS_TRAIN=TRAIN_OVERRIDES, PYTHONWARNINGS="ignore",
+               IJEPA_PREWARMED_CLIENT=str(PREWARMED))
     return env
 
 
@@ -240,7 +246,7 @@ def _run_block(block: Block, index: int, cwd: Path, env: dict[str, str]) -> subp
     if block.lang == "python":
         script = cwd / f".example_{index}.py"
         script.write_text(PYTHON_PREAMBLE + "\n" + block.code)
-        cmd = [sys.executable, script.name]
+        cmd = [sys.executable, str(PREWARMED), "python", script.name]
     else:
         script = cwd / f".example_{index}.sh"
         script.write_text(SHELL_PREAMBLE + "\n" + block.code)
@@ -255,16 +261,36 @@ def run_page(page: Path, fixtures: Path, tmp_path: Path, threads: int | None = N
     env = _env(tmp_path, fixtures / "fashion-mnist")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    for i, block in enumerate(runnable(page)):
-        t0 = time.perf_counter()
-        done = _run_block(block, i, work, env)
-        print(f"{block.where}: {time.perf_counter() - t0:.1f} s")  # shown with -s, or beside a failure
-        if done.returncode != 0:
-            return [f"{block.where}: the example failed (exit {done.returncode}); mark it on the line before the "
-                    f"block if it cannot run here (<!-- example: {' | '.join(MARKERS)} -->)\n"
-                    f"--- example ---\n{block.code}--- stdout ---\n{done.stdout[-4000:]}\n"
-                    f"--- stderr ---\n{done.stderr[-4000:]}"]
+    with prewarmed_server(env, work) as socket_path:
+        env["IJEPA_PREWARMED"] = socket_path
+        for i, block in enumerate(runnable(page)):
+            t0 = time.perf_counter()
+            done = _run_block(block, i, work, env)
+            print(f"{block.where}: {time.perf_counter() - t0:.1f} s")  # shown with -s, or beside a failure
+            if done.returncode != 0:
+                return [f"{block.where}: the example failed (exit {done.returncode}); mark it on the line before "
+                        f"the block if it cannot run here (<!-- example: {' | '.join(MARKERS)} -->)\n"
+                        f"--- example ---\n{block.code}--- stdout ---\n{done.stdout[-4000:]}\n"
+                        f"--- stderr ---\n{done.stderr[-4000:]}"]
     return []
+
+
+@contextmanager
+def prewarmed_server(env: dict[str, str], cwd: Path):
+    """tests/prewarmed.py's server for one page, started with the page's environment; yields its socket's path."""
+    folder = tempfile.mkdtemp(prefix="ijepa-docs-")  # a short path: a socket's is limited to ~100 characters
+    path = os.path.join(folder, "server")
+    # through bash, as the examples' commands are: the server compares their environment with what bash passes on
+    server = subprocess.Popen(["bash", "-c", 'exec "$@"', "bash", sys.executable, str(PREWARMED), "serve", path],
+                              cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = server.stdout.readline()
+        assert ready == "ready\n", f"the examples' server did not start: {server.communicate(timeout=60)[1][-3000:]}"
+        yield path
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # Pages whose examples train decoders, fine-tune or run several probes: started first, so the pool ends together.

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -262,25 +261,25 @@ def test_a_limit_the_run_fits_changes_nothing_bit_for_bit(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_timed_run_killed_resumes_its_plan_and_its_record_replays_it(tmp_path):
+def test_a_timed_run_killed_resumes_its_plan_and_its_record_replays_it(tmp_path, prewarmed):
     run = tmp_path / "run"
     # every step logged: the last row is the last step however few the time left (a busy machine) lets it train
     args = [*TINY, "optimization.epochs=100", "logging.online_knn=false", "logging.checkpoint_every_steps=5",
             "meta.threads=1", "logging.log_freq=1"]
-    cmd = [sys.executable, "-m", "ijepa", "train", "--config", "fmnist_cpu", "--out", str(run), "--minutes", "0.4",
-           *args]
+    cmd = ["train", "--config", "fmnist_cpu", "--out", str(run), "--minutes", "0.15", *args]
     with open(tmp_path / "first.out", "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while not (run / "jepa-latest.pth.tar").exists() or load_checkpoint(run / "jepa-latest.pth.tar")["step"] < 10:
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.out").read_text()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc = prewarmed.ijepa(cmd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (run / "jepa-latest.pth.tar").exists() or load_checkpoint(run / "jepa-latest.pth.tar")["step"] < 10:
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.out").read_text()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
     killed = load_checkpoint(run / "jepa-latest.pth.tar")["horizon"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "resumed from" in done.stdout
+    with open(tmp_path / "second.out", "w") as out:
+        done = prewarmed.ijepa(cmd, stdout=out, stderr=subprocess.STDOUT)
+    assert done.wait(timeout=300) == 0, (tmp_path / "second.out").read_text()
+    assert "resumed from" in (tmp_path / "second.out").read_text()
     record = json.loads((run / "horizon.json").read_text())
     assert record["record"][: len(killed["record"])] == killed["record"]  # the plan so far, continued
     summary = json.loads((run / "summary.json").read_text())

@@ -13,7 +13,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,9 +30,9 @@ ARGS = [f"data.limit={8 * STEPS_PER_EPOCH}", "data.batch_size=8", "data.crop_siz
 PLAN = ["step", "checkpoint write", "start-up", "checkpoint write", "step", "start-up", "checkpoint write"]
 
 
-def start(run: Path, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ijepa", "train", "--out", str(run), *ARGS]
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def start(prewarmed, run: Path, log: Path):
+    with open(log, "w") as out:
+        return prewarmed.ijepa(["train", "--out", str(run), *ARGS], stdout=out, stderr=subprocess.STDOUT)
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -48,7 +47,7 @@ def temp_files(run: Path, pattern: str = ".*.tmp") -> list[str]:
     return sorted(p.name for p in run.glob(pattern)) if run.exists() else []
 
 
-def wait_for(proc: subprocess.Popen, out: Path, condition, timeout: float = 120.0) -> bool:
+def wait_for(proc, out: Path, condition, timeout: float = 120.0) -> bool:
     """Poll every millisecond until ``condition()``; False when the run ended by itself first."""
     deadline = time.time() + timeout
     while not condition():
@@ -60,11 +59,11 @@ def wait_for(proc: subprocess.Popen, out: Path, condition, timeout: float = 120.
     return True
 
 
-def kill_once(kind: str, run: Path, out: Path, rng: random.Random) -> dict | None:
+def kill_once(prewarmed, kind: str, run: Path, out: Path, rng: random.Random) -> dict | None:
     """Start the run, kill it as ``kind`` says; returns where the kill landed (None: it finished first)."""
     stale = set(temp_files(run))  # what an earlier kill left mid-write (the next start removes it)
     before = logged_steps(run)
-    proc = start(run, out)
+    proc = start(prewarmed, run, out)
     if kind == "checkpoint write":
         # let a seeded number of writes pass, so kills land on different checkpoints (latest, the epoch copies)
         target, seen = rng.randint(1, 3), set()
@@ -112,17 +111,17 @@ def max_weight_diff(a: Path, b: Path) -> float:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_resumes_exactly(tmp_path):
+def test_sigkill_at_random_moments_resumes_exactly(tmp_path, prewarmed):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    reference = start(ref, tmp_path / "ref.out")  # the uninterrupted run, alongside
+    reference = start(prewarmed, ref, tmp_path / "ref.out")  # the uninterrupted run, alongside
     rng = random.Random(20)
     kills = []
     for i, kind in enumerate(PLAN):
-        landed = kill_once(kind, run, tmp_path / f"kill{i}.out", rng)
+        landed = kill_once(prewarmed, kind, run, tmp_path / f"kill{i}.out", rng)
         if landed is None:
             break
         kills.append(landed)
-    final = start(run, tmp_path / "final.out")
+    final = start(prewarmed, run, tmp_path / "final.out")
     assert final.wait(timeout=300) == 0, (tmp_path / "final.out").read_text()
     assert reference.wait(timeout=300) == 0, (tmp_path / "ref.out").read_text()
 

@@ -69,7 +69,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _wait_until_writing(folder: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def _wait_until_writing(folder: Path, proc, timeout: float = 120.0) -> None:
     """Until ``proc`` has a temporary file or folder in ``folder``: it is in the middle of a write."""
     end = time.monotonic() + timeout
     while not _temps(folder, proc.pid):
@@ -91,14 +91,13 @@ for k in range(first, first + 100000):  # until killed
 
 
 @pytest.mark.slow
-def test_a_npy_feature_set_killed_at_random_moments_is_whole_or_refused(tmp_path):
+def test_a_npy_feature_set_killed_at_random_moments_is_whole_or_refused(tmp_path, prewarmed):
     path = tmp_path / "feats.npy"
     save_features(path, _set(0, rows=2048, dim=8192))  # the same row count every time: counting cannot tell
     rng = random.Random(0)
     seen, mid_write = [], 0
     for i in range(6):
-        p = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(1000 * (i + 1)), "2048", "8192"],
-                             env=ENV)
+        p = prewarmed.python(["-c", WRITER, str(path), str(1000 * (i + 1)), "2048", "8192"], env=ENV)
         try:
             _wait_until_writing(tmp_path, p)  # its first set
             time.sleep(rng.uniform(0.0, 0.8))
@@ -189,14 +188,14 @@ def _complete_hf(d: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_an_hf_export_killed_mid_write_leaves_the_old_folder_whole_and_is_cleaned(tmp_path):
+def test_an_hf_export_killed_mid_write_leaves_the_old_folder_whole_and_is_cleaned(tmp_path, prewarmed):
     src = export(build_encoder("vit_base", img_size=32, patch_size=16, depth=6), tmp_path / "enc.safetensors")
     dst = tmp_path / "hf"
     convert(src, dst, to="hf")
     before = load(dst).state_dict()
     rng, mid_write = random.Random(1), 0
     for _ in range(4):
-        p = subprocess.Popen([sys.executable, "-m", "ijepa", "convert", str(src), str(dst), "--to", "hf"], env=ENV)
+        p = prewarmed.ijepa(["convert", str(src), str(dst), "--to", "hf"], env=ENV)
         try:
             _wait_until_writing(tmp_path, p)
             time.sleep(rng.uniform(0.0, 0.3))

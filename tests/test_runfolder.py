@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,13 +38,13 @@ LONG = (*TINY, "optimization.epochs=50", "data.limit=2048", "logging.log_freq=1"
 
 
 def command(run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ijepa", "train", "--config", "fmnist_cpu", "--out", str(run), *LONG, *extra]
+    return ["train", "--config", "fmnist_cpu", "--out", str(run), *LONG, *extra]
 
 
-def start(run: Path, log: Path, *extra: str) -> subprocess.Popen:
-    """The run, started as from a terminal: SIGINT not ignored, whatever started the tests."""
-    return subprocess.Popen(command(run, *extra), stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+def start(prewarmed, run: Path, log: Path, *extra: str):
+    """The run as its own process (Ctrl-C as from a terminal: tests/prewarmed.py), its output in ``log``."""
+    with open(log, "w") as out:
+        return prewarmed.ijepa(command(run, *extra), stdout=out, stderr=subprocess.STDOUT)
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -54,7 +53,7 @@ def logged_steps(run: Path) -> list[int]:
     return [int(r["step"]) for r in csv.DictReader(lines)] if lines else []
 
 
-def wait_for(proc: subprocess.Popen, log: Path, condition, timeout: float = 120.0) -> None:
+def wait_for(proc, log: Path, condition, timeout: float = 120.0) -> None:
     deadline = time.time() + timeout
     while not condition():
         assert proc.poll() is None, log.read_text()
@@ -70,17 +69,16 @@ def train_main(run: Path, *extra: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_second_run_into_a_folder_in_use_stops_naming_the_owner(tmp_path):
+def test_a_second_run_into_a_folder_in_use_stops_naming_the_owner(tmp_path, prewarmed):
     run, log = tmp_path / "run", tmp_path / "first.out"
-    first = start(run, log)
+    first = start(prewarmed, run, log)
     wait_for(first, log, lambda: len(logged_steps(run)) >= 2)
     # another config, so that anything the second run wrote would show
-    second = subprocess.run(command(run, "optimization.lr=1e-3", "meta.seed=7"), capture_output=True, text=True,
-                            timeout=120)
+    second = start(prewarmed, run, tmp_path / "second.out", "optimization.lr=1e-3", "meta.seed=7")
+    assert second.wait(timeout=120) == 1
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=120) == 130, log.read_text()
-    assert second.returncode == 1
-    said = [ln for ln in second.stderr.splitlines() if ln.startswith("ijepa:")]
+    said = [ln for ln in (tmp_path / "second.out").read_text().splitlines() if ln.startswith("ijepa:")]
     assert len(said) == 1 and re.fullmatch(
         rf"ijepa: run folder in use: {re.escape(str(run))} is in use by pid {first.pid} on host "
         rf"{re.escape(socket.gethostname())} since \S+: another `ijepa train` writes there; .*", said[0]), said
@@ -148,9 +146,9 @@ def test_a_changed_config_is_refused_before_any_step_unless_allowed(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_exits_130_and_the_same_command_resumes(tmp_path):
+def test_ctrl_c_saves_exits_130_and_the_same_command_resumes(tmp_path, prewarmed):
     run, log = tmp_path / "run", tmp_path / "run.out"
-    proc = start(run, log)
+    proc = start(prewarmed, run, log)
     wait_for(proc, log, lambda: len(logged_steps(run)) >= 4)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, log.read_text()
@@ -164,10 +162,9 @@ def test_ctrl_c_saves_exits_130_and_the_same_command_resumes(tmp_path):
     assert (summary["stopped"], summary["complete"], summary["steps"]) == ("received SIGINT", False, step)
     assert logged_steps(run) == list(range(step))
     # the same command resumes (optimization.max_steps only stops it early, so the config is the run's own)
-    done = subprocess.run(command(run, f"optimization.max_steps={step + 3}"), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resumed from {run / 'jepa-latest.pth.tar'} at step {step} " in done.stdout
+    done = start(prewarmed, run, tmp_path / "resumed.out", f"optimization.max_steps={step + 3}")
+    assert done.wait(timeout=120) == 0, (tmp_path / "resumed.out").read_text()
+    assert f"resumed from {run / 'jepa-latest.pth.tar'} at step {step} " in (tmp_path / "resumed.out").read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["stopped"], summary["complete"], summary["steps"]) == (None, False, step + 3)
     assert logged_steps(run) == list(range(step + 3))

@@ -20,7 +20,7 @@ from ijepa.train.runlog import LOG_FIELDS, MONITOR_FIELDS, RunLog, read_rows
 wandb = pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
 
-TRACKED = ("logging.tracker=[wandb, mlflow]", "logging.monitor_freq=3", "logging.log_freq=2")
+TRACKED = ("logging.tracker=[wandb, mlflow]", "logging.monitor_freq=3", "logging.log_freq=2", "logging.online_knn=true")
 
 
 @pytest.fixture(scope="module")

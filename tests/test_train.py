@@ -2,7 +2,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -23,7 +22,7 @@ def read_losses(run: Path) -> dict[int, float]:
 
 
 def test_training_writes_log_config_checkpoint_and_summary(tmp_path):
-    summary = train(cfg_with("optimization.max_steps=6"), tmp_path)
+    summary = train(cfg_with("optimization.max_steps=6", "logging.online_knn=true"), tmp_path)
     assert summary["steps"] == 6 and summary["images_seen"] == 96
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [int(r["step"]) for r in rows] == list(range(6))
@@ -135,19 +134,18 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ijepa", "train", "--out", str(run), *TINY, "optimization.epochs=50",
-           "data.limit=2048", "logging.log_freq=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_sigterm_saves_and_exits_cleanly(tmp_path, prewarmed):
+    run, log = tmp_path / "run", tmp_path / "train.out"
+    with open(log, "w") as out:
+        proc = prewarmed.ijepa(["train", "--out", str(run), *TINY, "optimization.epochs=50", "data.limit=2048",
+                              "logging.log_freq=1"], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not (run / "log.csv").exists() or len((run / "log.csv").read_text().splitlines()) < 4:
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        assert proc.poll() is None and time.time() < deadline, log.read_text()
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, out  # 128 + SIGTERM: a stopped run is not a finished one
-    assert "received SIGTERM" in out
+    assert proc.wait(timeout=120) == 143, log.read_text()  # 128 + SIGTERM: a stopped run is not a finished one
+    assert "received SIGTERM" in log.read_text()
     step = load_checkpoint(run / "jepa-latest.pth.tar")["step"]
     assert 0 < step < 50 * 128
 
@@ -248,7 +246,7 @@ def test_removed_training_options_fail_naming_the_removal(key, value):
 
 def test_online_knn_runs_at_epoch_ends_only(tmp_path):
     # 16 steps per epoch, a collapse check every 4 steps: std/RankMe at 4, 8, 12, 16, 20; k-NN at 16 and 20 only
-    train(cfg_with("optimization.max_steps=20", "logging.monitor_freq=4"), tmp_path)
+    train(cfg_with("optimization.max_steps=20", "logging.monitor_freq=4", "logging.online_knn=true"), tmp_path)
     mon = {int(r["step"]): r for r in csv.DictReader(open(tmp_path / "monitor.csv"))}
     assert sorted(mon) == [4, 8, 12, 16, 20]
     assert all(float(r["rankme"]) >= 1.0 for r in mon.values())
@@ -277,7 +275,8 @@ def test_sigreg_measures_distance_from_an_isotropic_gaussian_and_its_gradient_cl
 def test_tensorboard_events_carry_the_logged_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(cfg_with("optimization.max_steps=6", "logging.tensorboard=true", "logging.monitor_freq=3"), tmp_path)
+    train(cfg_with("optimization.max_steps=6", "logging.tensorboard=true", "logging.monitor_freq=3",
+                   "logging.online_knn=true"), tmp_path)
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
