@@ -4,8 +4,9 @@ Every ```python, ```bash, ```sh, ```shell and ```console block in README.md and 
 docs/experiments/, whose reports record commands as they were run) either runs here or is marked, on the line
 before it, with ``<!-- example: needs-network -->``, ``needs-gpu``, ``long`` (it trains for minutes) or ``output``
 (it shows printed output). A page's unmarked blocks run in order in one temporary folder, as a reader following
-the page would run them (a later block may use what an earlier one wrote): Python blocks in a subprocess, shell
-blocks with ``bash -e``, offline (``IJEPA_OFFLINE``, ``HF_HUB_OFFLINE``), with what the examples assume already
+the page would run them (a later block may use what an earlier one wrote): shell blocks with ``bash -e``, and each
+``ijepa`` command and Python block as a process forked from a server that has already imported torch and ijepa
+(tests/prewarmed.py: the same command, environment and streams, without its 2-3 s of imports), offline (``IJEPA_OFFLINE``, ``HF_HUB_OFFLINE``), with what the examples assume already
 there:
 
 - ``runs/quickstart``: a tiny trained run (ViT-tiny width at depth 1) standing in for the quick start's;
