@@ -161,9 +161,9 @@ def test_swap_test_on_a_small_trained_model():
     # box's tokens, not the context around them, decide what the decoder draws there.
     wm = _world_model(steps=300)
     train_x, train_y = _fmnist(3000)
-    model, _ = train_stochastic_decoder(wm.target_encoder, train_x[:2000], steps=300, batch_size=64, hidden=48,
+    model, _ = train_stochastic_decoder(wm.target_encoder, train_x[:2000], steps=150, batch_size=64, hidden=48,
                                         depth=2, pixel_channels=8)
-    clf = train_classifier(train_x, train_y, steps=300, batch_size=64)
+    clf = train_classifier(train_x, train_y, steps=150, batch_size=64)
     images, labels = _fmnist(160, train=False, start=2000)
     boxes = sample_boxes((7, 7), len(images), seed=3, mask_cfg=MaskConfig(pred_mask_scale=(0.3, 0.4)))
     m = measure_samples(wm, images, boxes, model, k=3, labels=labels, classifier=clf, steps=8)
