@@ -6,8 +6,8 @@ before it, with ``<!-- example: needs-network -->``, ``needs-gpu``, ``long`` (it
 (it shows printed output). A page's unmarked blocks run in order in one temporary folder, as a reader following
 the page would run them (a later block may use what an earlier one wrote): shell blocks with ``bash -e``, and each
 ``ijepa`` command and Python block as a process forked from a server that has already imported torch and ijepa
-(tests/prewarmed.py: the same command, environment and streams, without its 2-3 s of imports), offline (``IJEPA_OFFLINE``, ``HF_HUB_OFFLINE``), with what the examples assume already
-there:
+(tests/prewarmed.py: the same command, environment and streams, without its 2-3 s of imports), offline
+(``IJEPA_OFFLINE``, ``HF_HUB_OFFLINE``), with what the examples assume already there:
 
 - ``runs/quickstart``: a tiny trained run (ViT-tiny width at depth 1) standing in for the quick start's;
 - ``photos/``: a few generated images in class folders, ``photos/train/<class>/`` and ``photos/val/<class>/``;
@@ -218,8 +218,10 @@ def _write_photos(dst: Path) -> None:
                 img.save(folder / f"{cls}_{i}.jpg", quality=90)
 
 
-def _env(home: Path, fmnist: Path) -> dict[str, str]:
+def _env(home: Path, fmnist: Path, threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""), HOME=str(home),
                IJEPA_FASHION_MNIST=str(fmnist), IJEPA_HOME=str(home / ".cache" / "ijepa"), IJEPA_OFFLINE="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(home / ".cache" / "huggingface"),
@@ -255,24 +257,21 @@ def _run_block(block: Block, index: int, cwd: Path, env: dict[str, str]) -> subp
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def run_page(page: Path, fixtures: Path, tmp_path: Path, threads: int | None = None) -> list[str]:
-    """Run a page's unmarked examples in order in a fresh copy of the fixtures; the failures, described."""
+def run_page(page: Path, fixtures: Path, tmp_path: Path, env: dict[str, str], server: str) -> list[str]:
+    """Run a page's unmarked examples in order in a fresh copy of the fixtures, in ``env``, their ``ijepa``
+    commands through the prewarmed ``server``; the failures, described."""
     work = tmp_path / "work"
     shutil.copytree(fixtures / "work", work)
-    env = _env(tmp_path, fixtures / "fashion-mnist")
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with prewarmed_server(env, work) as socket_path:
-        env["IJEPA_PREWARMED"] = socket_path
-        for i, block in enumerate(runnable(page)):
-            t0 = time.perf_counter()
-            done = _run_block(block, i, work, env)
-            print(f"{block.where}: {time.perf_counter() - t0:.1f} s")  # shown with -s, or beside a failure
-            if done.returncode != 0:
-                return [f"{block.where}: the example failed (exit {done.returncode}); mark it on the line before "
-                        f"the block if it cannot run here (<!-- example: {' | '.join(MARKERS)} -->)\n"
-                        f"--- example ---\n{block.code}--- stdout ---\n{done.stdout[-4000:]}\n"
-                        f"--- stderr ---\n{done.stderr[-4000:]}"]
+    env = {**env, "IJEPA_PREWARMED": server}
+    for i, block in enumerate(runnable(page)):
+        t0 = time.perf_counter()
+        done = _run_block(block, i, work, env)
+        print(f"{block.where}: {time.perf_counter() - t0:.1f} s")  # shown with -s, or beside a failure
+        if done.returncode != 0:
+            return [f"{block.where}: the example failed (exit {done.returncode}); mark it on the line before "
+                    f"the block if it cannot run here (<!-- example: {' | '.join(MARKERS)} -->)\n"
+                    f"--- example ---\n{block.code}--- stdout ---\n{done.stdout[-4000:]}\n"
+                    f"--- stderr ---\n{done.stderr[-4000:]}"]
     return []
 
 
@@ -306,12 +305,15 @@ def _longest_first(pages: list[Path]) -> list[Path]:
 
 @pytest.mark.slow
 def test_every_page_runs(fixtures, tmp_path):
-    """Every page's examples, the pages side by side, one per core: an example is mostly a process starting and
-    importing torch, which one thread does as fast as several (each process gets one thread)."""
+    """Every page's examples, the pages side by side, one per core, each process on one thread: an example is
+    mostly a process starting, which one thread does as fast as several. The pages share one home folder (their
+    caches) and one prewarmed server; each has its own working folder."""
     pages = _longest_first(pages_with_examples())
     workers = max(1, min(len(pages), os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda ip: run_page(ip[1], fixtures, tmp_path / f"page{ip[0]}", threads=1), enumerate(pages))
+    env = _env(tmp_path / "home", fixtures / "fashion-mnist", threads=1)
+    with prewarmed_server(env, tmp_path) as server, ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda ip: run_page(ip[1], fixtures, tmp_path / f"page{ip[0]}", env, server),
+                           enumerate(pages))
         failures = [f for result in results for f in result]
     assert not failures, "\n\n".join(failures)
 
@@ -320,5 +322,7 @@ def test_a_broken_example_fails(fixtures, tmp_path):
     """The harness reports an unmarked example that does not run, naming its page and line."""
     page = tmp_path / "broken.md"
     page.write_text("# A page\n\n```bash\nijepa eval runs/quickstart --protocol no-such-protocol\n```\n")
-    failures = run_page(page, fixtures, tmp_path)
+    env = _env(tmp_path / "home", fixtures / "fashion-mnist")
+    with prewarmed_server(env, tmp_path) as server:
+        failures = run_page(page, fixtures, tmp_path, env, server)
     assert len(failures) == 1 and "broken.md:3: the example failed" in failures[0]
