@@ -97,7 +97,7 @@ def one_thread():
 # ---------------------------------------------------------------- ijepa processes (test_kill_resume, test_horizon, ...)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # tests/ is one folder: for the whole run
 def prewarmed():
     """Starts ``ijepa ARGS`` (``prewarmed.ijepa(args, stdout=file, stderr=subprocess.STDOUT, env=...)``) or ``python
     -c CODE`` (``prewarmed.python(["-c", code, ...])``) as a process of its own, forked from a server that has
