@@ -125,8 +125,9 @@ def run_request(request: dict, fds: list[int]) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
     sys.argv = request["argv"]
     if request["kind"] == "python" and sys.argv[0] == "-c":  # python -c CODE ARGS
         code, sys.argv[1:] = sys.argv[1], sys.argv[2:]
