@@ -92,6 +92,15 @@ def test_a_bad_override_fails_before_anything_is_timed(monkeypatch, tmp_path, ca
     assert "optimization.lr" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override", ["data.root_path=/nowhere/fmnist",
+                                      "data.dataset=imagefolder data.root_path=/nowhere/photos"])
+def test_a_missing_dataset_fails_before_the_hardware_is_asked(monkeypatch, tmp_path, capsys, override):
+    monkeypatch.setattr(ijepa.recipes, "native_rung", lambda *a: pytest.fail("probed the CPU before the data"))
+    assert main(["train", "--out", str(tmp_path / "run"), *override.split()]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/nowhere/" in err and "does not exist" in err
+
+
 def test_train_without_config_trains_the_planned_rung(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(ijepa.recipes, "bf16_supported", lambda device: False)
     seen = {}

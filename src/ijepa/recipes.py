@@ -29,6 +29,7 @@ from .precision import matmul_gflops, resolve_precision
 from .spec import InputSpec
 from .train.horizon import Horizon, process_started
 from .train.ijepa import IJEPA
+from .train.inputs import require_data
 from .train.loop import TrainState, train, train_step
 from .train.schedules import Schedules
 
@@ -133,6 +134,7 @@ def plan_cpu_default(out: str | None, overrides: list[str], *, timer: Callable[[
     nothing, and take several times as long). ``steps_per_epoch``: the rungs' (Fashion-MNIST's 60,000 images in
     batches of 128)."""
     cfgs = {r.config: load_config(r.config, overrides) for r in LADDER}  # a bad override fails before anything runs
+    require_data(cfgs[LADDER[0].config].data)  # and a missing dataset: the rungs share their data keys
     settled = Path(out) / "rung.json" if out else None
     if settled is not None and settled.is_file():
         name = json.loads(settled.read_text()).get("rung")
