@@ -184,11 +184,16 @@ def test_push_exports_a_run_with_its_card_and_uploads_it_in_one_commit(run, hub,
     assert all(torch.equal(a, b) for a, b in zip(pushed.state_dict().values(), ours.state_dict().values()))
 
 
-def test_push_uploads_an_export_as_it_is_and_errors_are_one_line(run, hub, tmp_path, capsys, monkeypatch):
+def test_push_uploads_an_export_naming_its_repo_and_errors_are_one_line(run, hub, tmp_path, capsys, monkeypatch):
     export = ijepa.convert(run, tmp_path / "hf", to="hf", license="apache-2.0")
     assert main(["push", str(export), "someone/as-is", "--token", "hf_test", "--private"]) == 0
     ((_, files),) = hub["commits"]
-    assert files == {p.name: p.read_bytes() for p in export.iterdir()}
+    on_disk = {p.name: p.read_bytes() for p in export.iterdir()}
+    card = on_disk.pop("README.md").decode()
+    assert {k: v for k, v in files.items() if k != "README.md"} == on_disk  # the weights and configs as they are
+    # the uploaded card names the repo it is in; the export's own card is left as it was
+    assert files["README.md"].decode() == card.replace("path/to/this/folder", "someone/as-is") != card
+    assert 'from_pretrained("someone/as-is")' in files["README.md"].decode()
     assert hub["created"][0].get("visibility") == "private" or hub["created"][0].get("private") is True
     capsys.readouterr()
     assert main(["push", str(export), "someone/forbidden", "--token", "hf_test"]) == 1

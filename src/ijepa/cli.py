@@ -312,7 +312,8 @@ def _add_convert(sub) -> None:
 def _add_push(sub) -> None:
     p = sub.add_parser("push", help="upload a run or an export to the Hugging Face Hub",
                        description="Upload to the Hugging Face Hub as a model repo (created if absent, else a new "
-                                   "commit): a transformers folder as it is; a run folder, checkpoint or anything "
+                                   "commit): a transformers folder as it is (its model card's usage example then "
+                                   "naming the repo); a run folder, checkpoint or anything "
                                    "`ijepa convert` reads is exported to one first, with its model card (README.md). "
                                    "Needs a network and a token with write access (--token, HF_TOKEN or `hf auth "
                                    "login`); HF_ENDPOINT names another Hub.")

@@ -2,7 +2,8 @@
 
 Anything that is not a transformers ``IJepaModel`` folder already is exported to one first (``convert --to hf``,
 with its model card, in a temporary folder), then ``huggingface_hub`` creates the repo (an existing one is kept)
-and uploads the folder in one commit. A token comes from ``--token``, else ``HF_TOKEN`` or ``hf auth login``'s;
+and uploads the folder in one commit. An export's card is uploaded naming the repo in its usage example (the
+export's own folder is not changed). A token comes from ``--token``, else ``HF_TOKEN`` or ``hf auth login``'s;
 ``HF_ENDPOINT`` names another Hub (a mirror, or a test's server on 127.0.0.1).
 """
 
@@ -62,11 +63,23 @@ def upload(folder: Path, repo_id: str, *, private: bool = False, token: str | No
     return str(getattr(info, "commit_url", info))
 
 
+def _linked_copy(src: Path, dst: Path) -> Path:
+    """``dst`` holding ``src``'s files as symbolic links (the weights are not copied), its card left out."""
+    for here, _, files in os.walk(src):
+        rel = Path(here).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if rel / name != Path(CARD_FILE):
+                (dst / rel / name).symlink_to(Path(here, name).resolve())
+    return dst
+
+
 def push(src: Any, repo_id: str, *, private: bool = False, token: str | None = None, which: str = "target_encoder",
          license: str | None = None, path: str | None = None, message: str | None = None) -> str:
     """Upload ``src`` to the Hub as ``repo_id`` (``owner/name``): a transformers folder as it is, anything else
     ``ijepa.load`` reads exported first (``which``, ``license`` and ``path`` as for ``convert``), its model card
-    naming ``repo_id``. Returns the commit's URL."""
+    naming ``repo_id`` (an export's own card too, in what is uploaded: its folder is left as it is). Returns the
+    commit's URL."""
     if not REPO_ID.match(repo_id):
         raise ConfigError(f"{repo_id!r} is not a Hub repo id (owner/name)")
     folder = hf_export_folder(src)
@@ -75,7 +88,14 @@ def push(src: Any, repo_id: str, *, private: bool = False, token: str | None = N
             raise ConfigError(f"--license: {folder} is an export already; its {CARD_FILE} states its licence "
                               "(export again with `ijepa convert --to hf --license ID`)")
         _hub_api(token)  # no token, no package: one line before anything else
-        return upload(folder, repo_id, private=private, token=token, message=message)
+        card = folder / CARD_FILE
+        text = card.read_text(encoding="utf-8") if card.is_file() else ""
+        if with_repo_id(text, repo_id) == text:  # no card, or one that names no placeholder: as it is
+            return upload(folder, repo_id, private=private, token=token, message=message)
+        with tempfile.TemporaryDirectory(prefix="ijepa-push-") as tmp:  # the card names the repo; the folder stays
+            staged = _linked_copy(folder, Path(tmp) / folder.name)
+            (staged / CARD_FILE).write_text(with_repo_id(text, repo_id), encoding="utf-8")
+            return upload(staged, repo_id, private=private, token=token, message=message)
     _hub_api(token)
     with tempfile.TemporaryDirectory(prefix="ijepa-push-") as tmp:
         out = convert(src, Path(tmp) / Path(repo_id).name, to="hf", which=which, path=path, license=license)
