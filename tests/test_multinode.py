@@ -66,17 +66,7 @@ def free_port() -> int:
 def test_two_agents_of_one_process_each_equal_one_process_with_the_whole_batch(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = free_port()
-    agents = []
-    for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-machines",
-               "--node-rank", str(node), str(script), str(tmp_path / "step.pt")]
-        agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       env={**os.environ, "OMP_NUM_THREADS": "1"}))
-    for agent in agents:
-        out, _ = agent.communicate(timeout=180)
-        assert agent.returncode == 0, out[-4000:]
+    finish(agents(script, free_port(), str(tmp_path / "step.pt")))
     ddp = torch.load(tmp_path / "step.pt", weights_only=True)
     assert ddp["world_size"] == 2
     single = _one_step(0, 1)
@@ -87,22 +77,35 @@ def test_two_agents_of_one_process_each_equal_one_process_with_the_whole_batch(t
 
 
 def agents(script: Path, port: int, *args: str, restarts: int = 0) -> list[subprocess.Popen]:
+    """Two torchrun agents of one worker each, meeting at 127.0.0.1:``port`` as two machines' agents would."""
     return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "flaky",
+                              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job",
                               "--max-restarts", str(restarts), "--monitor-interval", "0.2", str(script), *args],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 180) -> list[str]:
+    """Each agent's output once all have ended, none left running. A failure shows every agent's output: the
+    agent that fails first is often not the one whose worker says why."""
+    outs = []
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert all(p.returncode == 0 for p in procs), "\n".join(
+        f"--- agent {i}, exit status {p.returncode}:\n{out[-3000:]}" for i, (p, out) in enumerate(zip(procs, outs)))
+    return outs
 
 
 @pytest.mark.slow
 def test_after_a_worker_is_killed_both_agents_workers_meet_again(tmp_path):
     script = tmp_path / "flaky.py"
     script.write_text(FLAKY)
-    outs = []
-    for agent in agents(script, free_port(), str(tmp_path / "killed"), restarts=1):
-        out, _ = agent.communicate(timeout=180)
-        outs.append(out)
-        assert agent.returncode == 0, out[-4000:]
+    outs = finish(agents(script, free_port(), str(tmp_path / "killed"), restarts=1))
     assert (tmp_path / "killed").exists()  # a worker was killed, and the job came back
     assert sorted(line for out in outs for line in out.splitlines() if line.startswith("rank ")) == \
         ["rank 0: 32", "rank 1: 32"]  # five all-reduces of 1 + 1: both ranks of the new group
