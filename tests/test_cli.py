@@ -1,6 +1,7 @@
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -92,6 +93,41 @@ def test_any_ijepa_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, cap
     monkeypatch.setattr(ijepa.interop.commands, "convert", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["convert", str(missing), str(tmp_path / "out")])
+
+
+def test_a_missing_optional_package_is_one_line_naming_its_extra(tmp_path, capsys, monkeypatch):
+    import ijepa.interop.commands
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] or ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # imported as if it were not installed
+
+    def draws(*args, **kwargs):
+        from matplotlib.figure import Figure  # noqa: F401
+
+    monkeypatch.setattr(ijepa.interop.commands, "convert", draws)
+    assert main(["convert", str(tmp_path / "x.pth.tar"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err == ("ijepa: missing package: this needs the matplotlib package, which is not installed: "
+                   "pip install 'ijepa[viz]'\n")
+
+    def own_module_lost(*args, **kwargs):  # a module of ijepa itself missing is a bug: its traceback stays
+        importlib.import_module("ijepa.no_such_module")
+
+    monkeypatch.setattr(ijepa.interop.commands, "convert", own_module_lost)
+    with pytest.raises(ModuleNotFoundError):
+        main(["convert", str(tmp_path / "x.pth.tar"), str(tmp_path / "out")])
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone (`ijepa config | head` once head has its lines)
+    try:
+        r = subprocess.run([sys.executable, "-m", "ijepa", "config", "--keys"], stdout=write, stderr=subprocess.PIPE,
+                           text=True)
+    finally:
+        os.close(write)
+    assert r.returncode == 141  # 128 + SIGPIPE, as a shell tool ends
+    assert r.stderr == ""  # no traceback, no "Exception ignored" at exit
 
 
 @pytest.mark.slow

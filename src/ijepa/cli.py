@@ -8,6 +8,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ import yaml
 from .config import PRECISIONS, available_configs, describe, load_config
 from .data.layout import FOLDER_KINDS, FOLLOW_HELP, SPLIT_FOLDERS, SPLITS, split_help
 from .data.shards.cli import build_arg_parser as add_shards_args
-from .errors import IJepaError
+from .errors import IJepaError, missing_package
 from .ladder import LADDER, describe_ladder
 from .viz.cli import register as register_viz
 
@@ -355,6 +356,11 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+def _one_line(e: IJepaError) -> int:
+    print(f"ijepa: {e.kind}: {' '.join(str(e).splitlines())}", file=sys.stderr)
+    return e.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.run is None:  # `ijepa` or `ijepa viz` alone: what there is to run
@@ -363,10 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "config":  # every command that computes: fp32 on the CPU slows down on denormals
             _load("ijepa.device:flush_denormals")()  # (training sets it again from meta.flush_denormal)
-        return _load(args.run)(args) or 0
+        status = _load(args.run)(args) or 0
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
     except IJepaError as e:  # the errors we raise on purpose: one line; anything else is a bug (traceback)
-        print(f"ijepa: {e.kind}: {' '.join(str(e).splitlines())}", file=sys.stderr)
-        return e.exit_code
+        return _one_line(e)
+    except ModuleNotFoundError as e:  # an optional package the command needs: one line naming its extra
+        if (missing := missing_package(e)) is None:
+            raise
+        return _one_line(missing)
+    except BrokenPipeError:  # `ijepa config | head`: the reader left; say nothing more, as a shell tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exiting flushes nowhere, quietly
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as e:  # Ctrl-C outside a run's loop, or a second stop signal while a run saved
         print("ijepa: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return getattr(e, "exit_code", 130)

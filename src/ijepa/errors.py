@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class IJepaError(Exception):
     """Base of every error this package raises on purpose. ``kind`` is the word the CLI prints before it,
@@ -105,6 +107,41 @@ class HubError(IJepaError):
     """The Hugging Face Hub refused or could not be reached (``ijepa push``): no token, no network, no rights."""
 
     kind = "hub error"
+
+
+class MissingPackageError(IJepaError):
+    """An optional package the command needs is not installed: which one, and the extra that installs it."""
+
+    kind = "missing package"
+
+
+def missing_package(e: ModuleNotFoundError) -> MissingPackageError | None:
+    """The one-line error for a package that is not installed, naming the ``ijepa`` extra that installs it (from
+    the installed package's metadata); None for a module of this package itself, whose absence is a bug."""
+    top = (e.name or "").split(".")[0]
+    if not top or top == "ijepa":
+        return None
+    extra = _extra_installing(top)
+    how = f"pip install 'ijepa[{extra}]'" if extra else f"pip install {top}"
+    return MissingPackageError(f"this needs the {top} package, which is not installed: {how}")
+
+
+def _extra_installing(module: str) -> str | None:
+    """The first user-facing extra whose requirements hold ``module`` (a distribution named as the module, or with
+    a suffix: ``mlflow-skinny`` holds ``mlflow``)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("ijepa") or []
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return None
+    for req in reqs:
+        m = re.match(r"([A-Za-z0-9_.\-]+).*;\s*extra\s*==\s*[\"']([\w-]+)[\"']", req)
+        if m and m.group(2) not in ("test", "docs"):
+            dist = m.group(1).lower().replace("-", "_").replace(".", "_")
+            if dist == module.lower() or dist.startswith(module.lower() + "_"):
+                return m.group(2)
+    return None
 
 
 def preview(names: list[str], n: int = 5) -> str:
