@@ -237,15 +237,18 @@ def check_channels(cfg: DataConfig, probe: Probe, where: object) -> None:
                         "--config imagenette_vits16")
 
 
+def data_root(cfg: DataConfig) -> str | None:
+    """Where the data ``cfg`` names is: a Hugging Face dataset's path, else the root joined with its image folder
+    (shards: a URL stays one)."""
+    if cfg.dataset == "fashion_mnist":
+        return cfg.root_path
+    return cfg.hf_path if cfg.dataset == "hf" else join_root(cfg.root_path, cfg.image_folder)
+
+
 def require_data(cfg: DataConfig) -> None:
     """Fail now, in one line naming the path, if the data ``cfg`` names cannot be there: the check a run makes
     before any work (``ijepa train``'s CPU default makes it before timing its rungs)."""
-    if cfg.dataset == "fashion_mnist":
-        require("fashion_mnist", cfg.root_path)
-    elif cfg.dataset == "hf":
-        require("hf", cfg.hf_path)
-    else:
-        require(cfg.dataset, join_root(cfg.root_path, cfg.image_folder))  # shards: a URL stays one
+    require(cfg.dataset, data_root(cfg))
 
 
 def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.device):
@@ -267,8 +270,8 @@ def build_pipeline(cfg: DataConfig, dist: DistInfo, seed: int, device: torch.dev
     # a Hugging Face split map-style (data/hf.py) goes the folders' way from here
     hf = dict(split=cfg.split, name=cfg.hf_name, image_column=cfg.image_column,
               label_column=cfg.label_column) if cfg.dataset == "hf" else {}
-    require_data(cfg)
-    root = cfg.hf_path if hf else join_root(cfg.root_path, cfg.image_folder)  # shards: a URL stays one
+    root = data_root(cfg)
+    require(cfg.dataset, root)
     transform = make_pretrain_transform(
         crop_size=cfg.crop_size, crop_scale=cfg.crop_scale, horizontal_flip=cfg.use_horizontal_flip,
         color_distortion=cfg.use_color_distortion, color_jitter_strength=cfg.color_jitter_strength,
