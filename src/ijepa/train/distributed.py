@@ -126,7 +126,10 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group, every rank together: no rank tears its connections down while another is still
+    at work (rank 0 writes the run's last files), which gloo has been seen to answer with an abort at exit."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
